@@ -1,0 +1,133 @@
+//! `/api/deployment`: create, list, get and delete deployments.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::ApiJson;
+use super::model::{
+    CreateDeploymentRequest, CreateDeploymentResponse, DeleteDeploymentResponse, DeploymentData,
+    GetDeploymentResponse,
+};
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+/// The routes of this resource, with their OpenAPI documentation.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_deployment, list_deployments))
+        .routes(routes!(get_deployment, delete_deployment))
+}
+
+/// Create a deployment.
+///
+/// Pulls the image if it is not present, makes the deployment's bridge network, host user and
+/// gVisor container, and starts it unless `autoStart` is false. All or nothing: on failure
+/// nothing is left behind.
+#[utoipa::path(
+    post,
+    path = "/api/deployment",
+    tag = "deployments",
+    request_body = CreateDeploymentRequest,
+    responses(
+        (status = 201, description = "Created", body = CreateDeploymentResponse),
+        (status = 400, description = "Invalid request; `field` names the culprit", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "Client blocked after repeated authentication failures", body = ErrorBody),
+        (status = 413, description = "Body larger than 1 MiB", body = ErrorBody),
+        (status = 502, description = "Docker or the registry refused", body = ErrorBody),
+        (status = 503, description = "Docker unreachable, or a resource pool exhausted", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn create_deployment(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateDeploymentRequest>,
+) -> Result<(StatusCode, Json<CreateDeploymentResponse>), ApiError> {
+    let request = body.validate(&state.limits)?;
+    let deployment = state.deployments()?.create(request).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateDeploymentResponse {
+            deployment: deployment.into(),
+            message: "Deployment created successfully".to_owned(),
+        }),
+    ))
+}
+
+/// List deployments, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/deployment",
+    tag = "deployments",
+    responses(
+        (status = 200, description = "Every deployment", body = [DeploymentData]),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "Client blocked", body = ErrorBody),
+        (status = 503, description = "Starting up", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn list_deployments(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<DeploymentData>>, ApiError> {
+    let all = state.deployments()?.list().await?;
+    Ok(Json(all.into_iter().map(DeploymentData::from).collect()))
+}
+
+/// Get one deployment.
+#[utoipa::path(
+    get,
+    path = "/api/deployment/{id}",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id", example = "dp_3k9x0q2m7c1v8b4n6z5l0p2r")),
+    responses(
+        (status = 200, description = "The deployment", body = GetDeploymentResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "Client blocked", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 503, description = "Starting up", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn get_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<GetDeploymentResponse>, ApiError> {
+    let deployment = state.deployments()?.get(&id).await?;
+    Ok(Json(GetDeploymentResponse {
+        deployment: deployment.into(),
+    }))
+}
+
+/// Delete a deployment.
+///
+/// Stops the container (10 s grace, then kill), removes it and its network, deletes the host
+/// user and the row. If Docker fails part-way the answer is an error and the deletion is
+/// finished in the background.
+#[utoipa::path(
+    delete,
+    path = "/api/deployment/{id}",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id", example = "dp_3k9x0q2m7c1v8b4n6z5l0p2r")),
+    responses(
+        (status = 200, description = "Deleted", body = DeleteDeploymentResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "Client blocked", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 502, description = "Docker refused; deletion will be retried", body = ErrorBody),
+        (status = 503, description = "Docker unreachable; deletion will be retried", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn delete_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeleteDeploymentResponse>, ApiError> {
+    state.deployments()?.delete(&id).await?;
+    Ok(Json(DeleteDeploymentResponse {
+        message: "Deployment deleted successfully".to_owned(),
+    }))
+}

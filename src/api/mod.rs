@@ -1,0 +1,81 @@
+//! The management API: routes with their OpenAPI documentation, authentication, and the
+//! request/response model.
+
+pub mod auth;
+mod deployment;
+pub mod extract;
+mod health;
+pub mod model;
+
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mcp-runner",
+        description = "Runs MCP servers from Docker images in gVisor sandboxes and serves them over Streamable HTTP and SSE. Every `/api/deployment` call needs the `X-API-Key` header.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&ApiKeyScheme),
+    tags(
+        (name = "deployments", description = "Sandboxed MCP server deployments"),
+        (name = "health", description = "Probes")
+    )
+)]
+struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "The management key (API_KEY). Five failures within a minute block the client address for 1 minute, doubling up to 1 hour.",
+            ))),
+        );
+    }
+}
+
+/// The API routes (management routes behind the key) and the OpenAPI document.
+pub fn router(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    parts(Some(state))
+}
+
+/// The OpenAPI document of the whole API, pretty JSON with a final newline: what
+/// `mcp-runner openapi` prints, `/api/openapi.json` serves and `openapi/openapi.json` holds.
+pub fn openapi_document() -> String {
+    openapi_json(&parts(None).1)
+}
+
+/// Pretty JSON of a document, with a final newline.
+pub fn openapi_json(doc: &utoipa::openapi::OpenApi) -> String {
+    let mut json = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
+    json.push('\n');
+    json
+}
+
+/// Routes and document; the key check is layered on when a state is given (the document is
+/// the same either way).
+fn parts(auth: Option<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut managed = deployment::routes();
+    if let Some(state) = auth {
+        managed = managed.route_layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::require_api_key,
+        ));
+    }
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(managed)
+        .merge(health::routes())
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    (router, doc)
+}

@@ -1,0 +1,314 @@
+//! The application: shared state, the router, start-up (Docker, reconciliation, reaper) and
+//! graceful shutdown.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::auth::Lockout;
+use crate::api::model::Limits;
+use crate::config::Config;
+use crate::deployments::stderr::StderrHub;
+use crate::deployments::{DeployError, Deployments};
+use crate::error::ApiError;
+use crate::runtime::{FailureKind, HostUsers, Runtime, RuntimeError, RuntimeSettings};
+use crate::store::Store;
+
+/// Largest management request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the handlers share.
+pub struct App {
+    /// The management key.
+    pub api_key: String,
+    /// Failed-authentication bookkeeping.
+    pub lockout: Lockout,
+    /// Bounds of create requests.
+    pub limits: Limits,
+    /// Set once Docker answered and reconciliation finished.
+    deployments: OnceCell<Deployments>,
+    store: Store,
+}
+
+impl App {
+    /// The deployments service; 503 until start-up reconciliation has finished.
+    pub fn deployments(&self) -> Result<&Deployments, ApiError> {
+        self.deployments.get().ok_or_else(|| {
+            ApiError::Unavailable(
+                "mcp-runner is starting: waiting for Docker and reconciling deployments".to_owned(),
+            )
+        })
+    }
+
+    /// Whether start-up reconciliation has finished.
+    pub fn is_ready(&self) -> bool {
+        self.deployments.initialized()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Cheap handle on the shared `App`.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::NotFound => ApiError::NotFound("Deployment not found".to_owned()),
+            DeployError::Store(e) => ApiError::Internal(e.into()),
+            DeployError::Runtime(e) => runtime_error(e),
+        }
+    }
+}
+
+fn runtime_error(e: RuntimeError) -> ApiError {
+    match (&e, e.kind()) {
+        (RuntimeError::Pull { .. }, FailureKind::NotFound) => {
+            ApiError::field("image", e.to_string())
+        }
+        (RuntimeError::UidsExhausted { .. }, _) => {
+            ApiError::Unavailable(format!("{e}; delete deployments or widen UID_RANGE"))
+        }
+        (_, FailureKind::Unreachable) => {
+            ApiError::Unavailable(format!("Docker is unreachable: {e}"))
+        }
+        (_, FailureKind::Rejected | FailureKind::NotFound) => ApiError::BadGateway(e.to_string()),
+        (_, FailureKind::Host) => ApiError::Internal(e.into()),
+    }
+}
+
+/// A configured, not yet serving, mcp-runner.
+pub struct Server {
+    state: AppState,
+    router: Router,
+    config: Config,
+    root: CancellationToken,
+    tracker: TaskTracker,
+    runtime: Runtime,
+}
+
+impl Server {
+    /// Opens the database and the Docker client and builds the router. Docker need not be up.
+    pub async fn build(config: Config, api_key: String) -> anyhow::Result<Server> {
+        let store = Store::open(&config.db_path).await?;
+        let runtime = Runtime::connect(
+            config.docker_host.as_deref(),
+            RuntimeSettings {
+                oci_runtime: config.docker_runtime.clone(),
+                dns: config.dns_servers.iter().map(ToString::to_string).collect(),
+                pids_limit: config.pids_limit,
+                log_max_mb: config.container_log_max_mb,
+                instance_id: config.instance_id.clone(),
+            },
+            config.docker_concurrency,
+        )?;
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let limits = Limits {
+            min_idle_seconds: config.min_idle_seconds,
+            max_memory_mb: config.max_memory_limit,
+            max_cpus: host_cpus,
+            default_memory_mb: (config.default_max_memory > 0).then_some(config.default_max_memory),
+            default_cpus: (config.default_max_cpus > 0.0).then_some(config.default_max_cpus),
+        };
+        let state = AppState(Arc::new(App {
+            api_key,
+            lockout: Lockout::default(),
+            limits,
+            deployments: OnceCell::new(),
+            store,
+        }));
+        let router = router(state.clone());
+        Ok(Server {
+            state,
+            router,
+            config,
+            root: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            runtime,
+        })
+    }
+
+    /// The shared state (tests use it to wait for readiness).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.root.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes or the token is cancelled, then shuts
+    /// down gracefully: stop accepting, finish in-flight requests, stop background tasks.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            state,
+            router,
+            config,
+            root,
+            tracker,
+            runtime,
+        } = self;
+        tracker.spawn(start_up(
+            state.clone(),
+            runtime,
+            config.clone(),
+            root.clone(),
+            tracker.clone(),
+        ));
+
+        let stop = root.clone();
+        let signal = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+        };
+        let addr = listener.local_addr().context("listener address")?;
+        tracing::info!(%addr, "mcp-runner listening");
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await
+        .context("HTTP server failed")?;
+
+        tracing::info!("shutting down");
+        if config.cleanup_on_shutdown
+            && let Some(d) = state.deployments.get()
+        {
+            tracing::info!("deleting every deployment (--cleanup-on-shutdown)");
+            d.delete_all().await;
+        }
+        root.cancel();
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(15), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within 15 s");
+        }
+        state.store().close().await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Waits for Docker, reconciles, then starts the reaper. Retries while Docker is unreachable.
+async fn start_up(
+    state: AppState,
+    runtime: Runtime,
+    config: Config,
+    root: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut delay = Duration::from_millis(250);
+    let runtime = loop {
+        match runtime.clone().negotiate().await {
+            Ok(rt) => break rt,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not answering yet");
+                tokio::select! {
+                    () = root.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    match runtime.runtimes().await {
+        Ok(known) if !known.contains(&config.docker_runtime) => tracing::error!(
+            runtime = %config.docker_runtime,
+            known = ?known,
+            "Docker does not know the configured runtime; creates will fail (run setup.sh)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot list Docker's runtimes"),
+    }
+    let users = HostUsers::new(&config.instance_id);
+    let stderr = StderrHub::new(
+        state.store().clone(),
+        runtime.clone(),
+        tracker.clone(),
+        root.clone(),
+    );
+    let deployments = Deployments::new(
+        state.store().clone(),
+        runtime,
+        users,
+        config.uid_range,
+        stderr,
+    );
+    loop {
+        match deployments.reconcile().await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation failed; retrying");
+                tokio::select! {
+                    () = root.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if state.deployments.set(deployments.clone()).is_err() {
+        return;
+    }
+    tracing::info!("ready");
+    tracker.spawn(crate::reaper::run(
+        deployments,
+        config.reaper_interval(),
+        root.child_token(),
+        tracker.clone(),
+    ));
+}
+
+/// The whole router: API, Swagger UI, body limit, tracing and panic safety.
+fn router(state: AppState) -> Router {
+    let (api, doc) = crate::api::router(state.clone());
+    api.with_state(state)
+        .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(CatchPanicLayer::custom(|_| {
+            crate::error::error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error".to_owned(),
+                None,
+            )
+        }))
+}

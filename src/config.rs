@@ -1,0 +1,281 @@
+//! Process configuration: one clap `Config`, every field with a flag and an environment name.
+//!
+//! The environment names of the NestJS service (`PORT`, `BIND_IP`, `API_KEY`, `DB_PATH`,
+//! `SENTRY_DSN`) are kept so that an existing installation keeps its settings.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Run MCP servers from Docker images in gVisor sandboxes and serve them over Streamable HTTP
+/// and SSE.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mcp-runner", version, about, long_about = None)]
+pub struct Config {
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TCP port of the HTTP server.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address the HTTP server listens on. Keep 127.0.0.1 unless a reverse proxy or firewall
+    /// protects the port.
+    #[arg(long, env = "BIND_IP", default_value = "127.0.0.1")]
+    pub bind_ip: IpAddr,
+
+    /// The management API key (header `X-API-Key`). When absent a strong key is generated and
+    /// printed once at start-up.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// SQLite database file; created with its directory when missing.
+    #[arg(long, env = "DB_PATH", default_value = "/var/mcp-runner/app.db")]
+    pub db_path: PathBuf,
+
+    /// Sentry DSN; error reporting is off when absent.
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+
+    /// OCI runtime of deployment containers (it must be registered in Docker's daemon.json).
+    #[arg(long, env = "DOCKER_RUNTIME", default_value = "runsc")]
+    pub docker_runtime: String,
+
+    /// Docker daemon address (unix socket path or tcp URL); Docker's defaults when absent.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// DNS servers given to deployment containers, comma separated.
+    #[arg(
+        long,
+        env = "DNS_SERVERS",
+        value_delimiter = ',',
+        default_value = "8.8.8.8,1.1.1.1"
+    )]
+    pub dns_servers: Vec<IpAddr>,
+
+    /// Host UID range for deployment users, inclusive, as `FIRST-LAST`. Each deployment gets
+    /// one UID (and a GID of the same number) from it.
+    #[arg(long, env = "UID_RANGE", default_value = "3000000-3099999", value_parser = parse_uid_range)]
+    pub uid_range: UidRange,
+
+    /// Memory limit in MB for deployments that do not set `maxMemory`; 0 means no limit.
+    #[arg(long, env = "DEFAULT_MAX_MEMORY", default_value_t = 512)]
+    pub default_max_memory: u64,
+
+    /// CPU limit in cores for deployments that do not set `maxCpus`; 0 means no limit.
+    #[arg(long, env = "DEFAULT_MAX_CPUS", default_value_t = 1.0)]
+    pub default_max_cpus: f64,
+
+    /// Largest `maxMemory` a deployment may ask for, in MB.
+    #[arg(long, env = "MAX_MEMORY_LIMIT", default_value_t = 16384)]
+    pub max_memory_limit: u64,
+
+    /// Most processes (and threads) one deployment container may run.
+    #[arg(long, env = "PIDS_LIMIT", default_value_t = 256)]
+    pub pids_limit: i64,
+
+    /// Size at which Docker rotates a container's json-file log, in MB (one file is kept).
+    #[arg(long, env = "CONTAINER_LOG_MAX_MB", default_value_t = 10)]
+    pub container_log_max_mb: u64,
+
+    /// Most Docker API operations mcp-runner runs at once; protects the daemon under load.
+    #[arg(long, env = "DOCKER_CONCURRENCY", default_value_t = 32)]
+    pub docker_concurrency: usize,
+
+    /// Name that tells this mcp-runner's containers, networks and users apart from those of
+    /// another instance on the same host (it is written into their labels).
+    #[arg(long, env = "INSTANCE_ID", default_value = "default", value_parser = parse_instance_id)]
+    pub instance_id: String,
+
+    /// Delete every deployment when mcp-runner receives SIGTERM or SIGINT (the NestJS
+    /// service's behaviour). By default deployments survive a restart.
+    #[arg(long, env = "CLEANUP_ON_SHUTDOWN", default_value_t = false)]
+    pub cleanup_on_shutdown: bool,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax (e.g. `info,mcp_runner=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+
+    /// Smallest accepted `pauseAfterSeconds` / `deleteAfterSeconds`. Only tests lower it.
+    #[arg(long, env = "MIN_IDLE_SECONDS", default_value_t = 30, hide = true)]
+    pub min_idle_seconds: u64,
+
+    /// How often the reaper looks for deadlines, in milliseconds.
+    #[arg(long, env = "REAPER_INTERVAL_MS", default_value_t = 500, hide = true)]
+    pub reaper_interval_ms: u64,
+}
+
+/// Subcommands besides the server.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the OpenAPI document of the management API and exit.
+    Openapi,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An inclusive range of host UIDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    /// First UID of the range.
+    pub first: u32,
+    /// Last UID of the range (inclusive).
+    pub last: u32,
+}
+
+impl UidRange {
+    /// Number of UIDs in the range.
+    pub fn len(&self) -> u64 {
+        u64::from(self.last) - u64::from(self.first) + 1
+    }
+
+    /// Never true: a parsed range holds at least one UID.
+    pub fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+
+    /// Whether `uid` lies in the range.
+    pub fn contains(&self, uid: u32) -> bool {
+        (self.first..=self.last).contains(&uid)
+    }
+}
+
+fn parse_uid_range(s: &str) -> Result<UidRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not of the form FIRST-LAST"))?;
+    let first: u32 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a UID"))?;
+    let last: u32 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a UID"))?;
+    if first < 1000 {
+        return Err("the range must start at 1000 or above, clear of system accounts".into());
+    }
+    if last < first || last >= u32::MAX - 1 {
+        return Err(format!("`{s}` is empty or reaches the reserved UIDs"));
+    }
+    Ok(UidRange { first, last })
+}
+
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("use 1 to 32 characters of A-Z, a-z, 0-9, '-' and '_'".into())
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot check field by field. The error is one line for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.api_key
+            && key.len() < 16
+        {
+            return Err("API_KEY must be at least 16 characters long".into());
+        }
+        if self.dns_servers.is_empty() {
+            return Err("DNS_SERVERS must name at least one server".into());
+        }
+        if !(self.default_max_cpus == 0.0 || self.default_max_cpus >= 0.1)
+            || !self.default_max_cpus.is_finite()
+        {
+            return Err("DEFAULT_MAX_CPUS must be 0 (no limit) or at least 0.1".into());
+        }
+        if self.default_max_memory != 0 && self.default_max_memory < MIN_MEMORY_MB {
+            return Err(format!(
+                "DEFAULT_MAX_MEMORY must be 0 (no limit) or at least {MIN_MEMORY_MB} MB"
+            ));
+        }
+        if self.default_max_memory > self.max_memory_limit {
+            return Err("DEFAULT_MAX_MEMORY must not exceed MAX_MEMORY_LIMIT".into());
+        }
+        if self.pids_limit < 8 {
+            return Err("PIDS_LIMIT must be at least 8".into());
+        }
+        if self.docker_concurrency == 0 {
+            return Err("DOCKER_CONCURRENCY must be at least 1".into());
+        }
+        if self.min_idle_seconds == 0 {
+            return Err("MIN_IDLE_SECONDS must be at least 1".into());
+        }
+        if self.reaper_interval_ms == 0 || self.reaper_interval_ms > 2000 {
+            return Err("REAPER_INTERVAL_MS must be between 1 and 2000".into());
+        }
+        if self.docker_runtime.trim().is_empty() {
+            return Err("DOCKER_RUNTIME must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The reaper's polling period.
+    pub fn reaper_interval(&self) -> Duration {
+        Duration::from_millis(self.reaper_interval_ms)
+    }
+}
+
+/// Docker refuses memory limits below 6 MB.
+pub const MIN_MEMORY_MB: u64 = 6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["mcp-runner"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn defaults_match_the_nestjs_service() {
+        let c = parse(&[]);
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.bind_ip.to_string(), "127.0.0.1");
+        assert_eq!(c.db_path, PathBuf::from("/var/mcp-runner/app.db"));
+        assert_eq!(c.docker_runtime, "runsc");
+        assert_eq!(c.dns_servers.len(), 2);
+        assert!(c.uid_range.len() >= 50_000);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn uid_range_is_checked() {
+        assert!(parse_uid_range("5000-4000").is_err());
+        assert!(parse_uid_range("10-4000").is_err());
+        assert!(parse_uid_range("abc").is_err());
+        let r = parse_uid_range("200000-200009").expect("valid");
+        assert_eq!(r.len(), 10);
+        assert!(r.contains(200009) && !r.contains(200010));
+    }
+
+    #[test]
+    fn short_api_key_is_refused() {
+        let c = parse(&["--api-key", "short"]);
+        assert!(c.validate().unwrap_err().contains("API_KEY"));
+    }
+}

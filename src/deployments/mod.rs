@@ -1,0 +1,410 @@
+//! Deployments: the orchestration of store and runtime. Create is all-or-nothing, delete
+//! tolerates parts already gone, and the database stays the truth.
+
+mod reconcile;
+pub mod stderr;
+
+pub use reconcile::Reconciled;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+
+use crate::config::UidRange;
+use crate::domain::{Deployment, Status, Transport, now_millis};
+use crate::runtime::{HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
+use crate::store::{Store, StoreError};
+use stderr::StderrHub;
+
+/// Grace period between SIGTERM and SIGKILL when a container is stopped.
+pub const STOP_GRACE_SECS: i32 = 10;
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    /// Image reference.
+    pub image: String,
+    /// Container command.
+    pub args: Option<Vec<String>>,
+    /// Container environment.
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in MB.
+    pub max_memory: Option<u64>,
+    /// CPU limit in cores.
+    pub max_cpus: Option<f64>,
+    /// Idle time before stop.
+    pub pause_after_seconds: Option<u64>,
+    /// Idle time before deletion.
+    pub delete_after_seconds: Option<u64>,
+    /// Start the container now.
+    pub auto_start: bool,
+    /// Caller's metadata.
+    pub metadata: serde_json::Value,
+    /// Upstream transport.
+    pub transport: Transport,
+}
+
+/// What can go wrong with a deployment operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// No such deployment.
+    #[error("Deployment not found")]
+    NotFound,
+    /// Docker or a host command failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The deployments service, shared by the API, the reaper and (later) the bridge.
+#[derive(Clone)]
+pub struct Deployments {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    runtime: Runtime,
+    users: HostUsers,
+    uid_range: UidRange,
+    stderr: StderrHub,
+}
+
+impl Deployments {
+    /// The service over `store` and `runtime`, following stderr through `stderr`.
+    pub fn new(
+        store: Store,
+        runtime: Runtime,
+        users: HostUsers,
+        uid_range: UidRange,
+        stderr: StderrHub,
+    ) -> Self {
+        Deployments {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                users,
+                uid_range,
+                stderr,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// Creates a deployment: row, image, network, user, container, and start when asked.
+    /// Any failure removes everything made so far, the row included.
+    pub async fn create(&self, req: NewDeployment) -> Result<Deployment, DeployError> {
+        let now = now_millis();
+        let id = new_id();
+        let mut d = Deployment {
+            username: format!("mcp-{}", &id[3..]),
+            id,
+            status: Status::Creating,
+            container_id: None,
+            network_id: None,
+            image: req.image,
+            uid: 0,
+            gid: 0,
+            max_memory: req.max_memory,
+            max_cpus: req.max_cpus,
+            args: req.args,
+            env: req.env,
+            metadata: req.metadata,
+            transport: req.transport,
+            stderr: String::new(),
+            pause_after_seconds: req.pause_after_seconds,
+            delete_after_seconds: req.delete_after_seconds,
+            pause_at: None,
+            delete_at: None,
+            created_at: now,
+            last_interaction_at: now,
+        };
+        (d.pause_at, d.delete_at) = d.deadlines();
+        self.insert_with_uid(&mut d).await?;
+        tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, "creating deployment");
+
+        match self.build(&d, req.auto_start).await {
+            Ok((container_id, network_id)) => {
+                d.status = if req.auto_start {
+                    Status::Running
+                } else {
+                    Status::Stopped
+                };
+                let recorded = self
+                    .inner
+                    .store
+                    .set_resources(&d.id, &container_id, &network_id, d.status)
+                    .await;
+                d.container_id = Some(container_id);
+                d.network_id = Some(network_id);
+                if let Err(e) = recorded {
+                    self.undo(&d).await;
+                    return Err(e.into());
+                }
+                if req.auto_start {
+                    self.follow(&d, 0);
+                }
+                tracing::info!(deployment.id = %d.id, status = d.status.as_str(), "deployment created");
+                Ok(d)
+            }
+            Err(e) => {
+                tracing::warn!(deployment.id = %d.id, error = %e, "create failed; undoing it");
+                self.undo(&d).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Picks a free UID (not in a row, not on the host) and inserts the row with it. The
+    /// UNIQUE constraint settles races between concurrent creates: the loser picks again.
+    async fn insert_with_uid(&self, d: &mut Deployment) -> Result<(), DeployError> {
+        let range = self.inner.uid_range;
+        for _ in 0..16 {
+            let mut used = self.inner.users.used_ids().await?;
+            used.extend(self.inner.store.used_uids().await?);
+            let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
+                first: range.first,
+                last: range.last,
+            })?;
+            d.uid = uid;
+            d.gid = uid;
+            match self.inner.store.insert(d).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Taken("uid")) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RuntimeError::User {
+            op: "allocate a UID",
+            reason: "too many concurrent allocations collided".to_owned(),
+        }
+        .into())
+    }
+
+    /// Makes the image, network, user and container; returns (container id, network id).
+    async fn build(&self, d: &Deployment, start: bool) -> Result<(String, String), DeployError> {
+        let rt = &self.inner.runtime;
+        // Independent steps run together: a pull can take long, the rest is quick.
+        let (image, network, user) = tokio::join!(
+            rt.ensure_image(&d.image),
+            rt.create_network(&d.id),
+            self.inner.users.create(&d.username, d.uid, &d.id),
+        );
+        image?;
+        user?;
+        let network_id = network?;
+        let spec = SandboxSpec {
+            deployment_id: d.id.clone(),
+            image: d.image.clone(),
+            args: d.args.clone(),
+            env: d.env.clone(),
+            uid: d.uid,
+            gid: d.gid,
+            memory_mb: d.max_memory,
+            cpus: d.max_cpus,
+            network: network_id.clone(),
+            stdin: d.transport.is_stdio(),
+        };
+        let container_id = rt.create_container(&spec).await?;
+        if start {
+            rt.start_container(&container_id).await?;
+        }
+        Ok((container_id, network_id))
+    }
+
+    /// Removes whatever of a failed create exists, then its row. Failures are logged: the
+    /// row stays `creating` then, and start-up reconciliation finishes the job.
+    async fn undo(&self, d: &Deployment) {
+        match self.teardown(d).await {
+            Ok(()) => {
+                if let Err(e) = self.inner.store.delete(&d.id).await {
+                    tracing::error!(deployment.id = %d.id, error = %e, "cannot delete the row of a failed create");
+                }
+            }
+            Err(e) => {
+                tracing::error!(deployment.id = %d.id, error = %e, "cannot undo a failed create; reconciliation will retry")
+            }
+        }
+    }
+
+    /// Removes container, network and user of a deployment. Parts already gone are fine;
+    /// names stand in for ids a failed create never learned.
+    async fn teardown(&self, d: &Deployment) -> Result<(), DeployError> {
+        let rt = &self.inner.runtime;
+        let name = object_name(&d.id);
+        let container = d.container_id.as_deref().unwrap_or(&name);
+        rt.stop_container(container, STOP_GRACE_SECS).await?;
+        rt.remove_container(container).await?;
+        rt.remove_network(d.network_id.as_deref().unwrap_or(&name))
+            .await?;
+        self.inner.users.delete(&d.username).await?;
+        Ok(())
+    }
+
+    /// Deletes a deployment: stop (10 s grace, then kill), remove container and network,
+    /// delete the user and the row. When a step fails the row stays `deleting` and the reaper
+    /// retries.
+    pub async fn delete(&self, id: &str) -> Result<(), DeployError> {
+        let Some(d) = self.inner.store.mark_deleting(id).await? else {
+            return Err(DeployError::NotFound);
+        };
+        self.inner.stderr.stop(id);
+        self.teardown(&d).await?;
+        if self.inner.store.delete(id).await? {
+            tracing::info!(deployment.id = %id, "deployment deleted");
+            Ok(())
+        } else {
+            // A concurrent delete finished first.
+            Err(DeployError::NotFound)
+        }
+    }
+
+    /// Stops the container of an idle deployment; the row keeps status `stopped`.
+    pub async fn pause(&self, id: &str) -> Result<(), DeployError> {
+        let Some(d) = self.inner.store.get(id).await? else {
+            return Err(DeployError::NotFound);
+        };
+        if d.status != Status::Running {
+            return Ok(());
+        }
+        if let Some(container) = &d.container_id {
+            self.inner
+                .runtime
+                .stop_container(container, STOP_GRACE_SECS)
+                .await?;
+        }
+        self.inner.stderr.stop(id);
+        self.inner.store.set_status(id, Status::Stopped).await?;
+        tracing::info!(deployment.id = %id, "deployment paused after idling");
+        Ok(())
+    }
+
+    /// A deployment visible through the API (running or stopped), with its live stderr.
+    pub async fn get(&self, id: &str) -> Result<Deployment, DeployError> {
+        match self.inner.store.get(id).await? {
+            Some(d) if visible(&d) => Ok(self.with_live_stderr(d)),
+            _ => Err(DeployError::NotFound),
+        }
+    }
+
+    /// Every visible deployment, oldest first.
+    pub async fn list(&self) -> Result<Vec<Deployment>, DeployError> {
+        let rows = self.inner.store.list().await?;
+        Ok(rows
+            .into_iter()
+            .filter(visible)
+            .map(|d| self.with_live_stderr(d))
+            .collect())
+    }
+
+    fn with_live_stderr(&self, mut d: Deployment) -> Deployment {
+        if let Some(live) = self.inner.stderr.snapshot(&d.id) {
+            d.stderr = live;
+        }
+        d
+    }
+
+    /// Starts following a running deployment's stderr from `since` (Unix seconds; 0 = all).
+    fn follow(&self, d: &Deployment, since: i64) {
+        if let Some(container) = &d.container_id {
+            self.inner.stderr.follow(&d.id, container, &d.stderr, since);
+        }
+    }
+
+    /// Deletes every deployment (shutdown with `--cleanup-on-shutdown`).
+    pub async fn delete_all(&self) {
+        let rows = match self.inner.store.list().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list deployments to clean up");
+                return;
+            }
+        };
+        let deletions = rows
+            .iter()
+            .filter(|d| d.status != Status::Creating)
+            .map(|d| async move {
+                if let Err(e) = self.delete(&d.id).await {
+                    tracing::error!(deployment.id = %d.id, error = %e, "cleanup on shutdown failed");
+                }
+            });
+        futures_util::future::join_all(deletions).await;
+    }
+}
+
+fn visible(d: &Deployment) -> bool {
+    matches!(d.status, Status::Running | Status::Stopped)
+}
+
+/// `dp_` + 24 random characters of `[a-z0-9]` (about 124 bits): unguessable, since the id is
+/// the capability in the MCP URLs.
+pub fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(27);
+    id.push_str("dp_");
+    for _ in 0..24 {
+        id.push(char::from(*ALPHABET.choose(&mut rng).unwrap_or(&b'a')));
+    }
+    id
+}
+
+/// A random free UID of the range: random so that concurrent creates rarely collide.
+fn pick_uid(range: UidRange, used: &std::collections::HashSet<u32>) -> Option<u32> {
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let candidate = rng.random_range(range.first..=range.last);
+        if !used.contains(&candidate) {
+            return Some(candidate);
+        }
+    }
+    // A crowded range: scan from a random point.
+    let start = rng.random_range(range.first..=range.last);
+    (start..=range.last)
+        .chain(range.first..start)
+        .find(|uid| !used.contains(uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_prefixed_and_random() {
+        let a = new_id();
+        let b = new_id();
+        assert!(a.starts_with("dp_") && a.len() == 27);
+        assert!(
+            a[3..]
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn picks_only_free_uids_and_reports_exhaustion() {
+        let range = UidRange {
+            first: 5000,
+            last: 5009,
+        };
+        let used: HashSet<u32> = (5000..=5008).collect();
+        assert_eq!(pick_uid(range, &used), Some(5009));
+        let all: HashSet<u32> = (5000..=5009).collect();
+        assert_eq!(pick_uid(range, &all), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! Images: used when present locally, otherwise pulled with progress logged.
+
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use futures_util::StreamExt;
+
+use super::{FailureKind, Runtime, RuntimeError, classify, docker_err};
+
+impl Runtime {
+    /// Makes sure `image` is present locally, pulling it when it is not.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        {
+            let _permit = self.permit().await;
+            match self.docker.inspect_image(image).await {
+                Ok(_) => return Ok(()),
+                Err(e) if classify(&e) == FailureKind::NotFound => {}
+                Err(e) => return Err(docker_err("inspect the image")(e)),
+            }
+        }
+        self.pull(image).await
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        tracing::info!(image, "pulling image");
+        let (from_image, tag) = split_tag(image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(from_image)
+            .tag(tag)
+            .build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut last_status = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(pull_error(image, detail, None));
+                    }
+                    if let Some(status) = info.status
+                        && status != last_status
+                    {
+                        tracing::info!(
+                            image,
+                            layer = info.id.as_deref().unwrap_or(""),
+                            "pull: {status}"
+                        );
+                        last_status = status;
+                    }
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code,
+                    message,
+                }) => return Err(pull_error(image, message, Some(status_code))),
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(pull_error(image, error, None));
+                }
+                Err(e) => return Err(docker_err("pull the image")(e)),
+            }
+        }
+        tracing::info!(image, "image pulled");
+        Ok(())
+    }
+}
+
+fn pull_error(image: &str, reason: String, status: Option<u16>) -> RuntimeError {
+    let lower = reason.to_ascii_lowercase();
+    let not_found = status == Some(404)
+        || lower.contains("not found")
+        || lower.contains("does not exist")
+        || lower.contains("pull access denied")
+        || lower.contains("invalid reference format");
+    RuntimeError::Pull {
+        image: image.to_owned(),
+        reason,
+        not_found,
+    }
+}
+
+/// Splits `repo[:tag][@digest]` into what the pull endpoint wants: a digest stays in the
+/// image part; a missing tag means `latest`.
+fn split_tag(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tag;
+
+    #[test]
+    fn tags_and_registries_with_ports() {
+        assert_eq!(split_tag("alpine"), ("alpine", "latest"));
+        assert_eq!(split_tag("alpine:3.20"), ("alpine", "3.20"));
+        assert_eq!(
+            split_tag("registry:5000/team/img"),
+            ("registry:5000/team/img", "latest")
+        );
+        assert_eq!(
+            split_tag("registry:5000/team/img:v1"),
+            ("registry:5000/team/img", "v1")
+        );
+        assert_eq!(split_tag("img@sha256:abc"), ("img@sha256:abc", ""));
+    }
+}

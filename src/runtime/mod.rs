@@ -1,0 +1,243 @@
+//! The runtime: the only module that talks to Docker (through bollard) or changes host users.
+//!
+//! It makes and removes the parts of a sandbox: the image, the per-deployment bridge network,
+//! the host user and the container. Everything it makes carries labels (managed-by, instance,
+//! deployment) so that what belongs to this instance can be found again without names.
+
+mod image;
+mod network;
+mod sandbox;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
+pub use users::{HostUser, HostUsers};
+
+/// Label every object we make carries: `managed-by=mcp-runner`.
+pub const LABEL_MANAGED_BY: &str = "managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "mcp-runner";
+/// Label with the instance id of the mcp-runner that made the object.
+pub const LABEL_INSTANCE: &str = "mcp-runner.instance";
+/// Label with the deployment id the object belongs to.
+pub const LABEL_DEPLOYMENT: &str = "mcp-runner.deployment";
+
+/// Errors of the runtime: one variant per operation, with the Docker or host error inside.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No Docker client could be made (bad DOCKER_HOST).
+    #[error("cannot set up the Docker client: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// A Docker API call failed.
+    #[error("Docker could not {op}: {source}")]
+    Docker {
+        /// The operation, e.g. "create the container".
+        op: &'static str,
+        /// Cause.
+        source: bollard::errors::Error,
+    },
+    /// An image could not be pulled; `reason` is the registry's own words.
+    #[error("image {image} could not be pulled: {reason}")]
+    Pull {
+        /// Image reference.
+        image: String,
+        /// The registry's reason.
+        reason: String,
+        /// Whether the image or repository does not exist (a client error).
+        not_found: bool,
+    },
+    /// A host user command failed.
+    #[error("could not {op}: {reason}")]
+    User {
+        /// The operation.
+        op: &'static str,
+        /// What the command said.
+        reason: String,
+    },
+    /// Every UID of the configured range is taken.
+    #[error("the UID range {first}-{last} is exhausted")]
+    UidsExhausted {
+        /// First UID.
+        first: u32,
+        /// Last UID.
+        last: u32,
+    },
+}
+
+/// How a runtime failure should be reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Docker could not be reached (socket missing, connection refused, timeout).
+    Unreachable,
+    /// Docker answered with an error (a 4xx/5xx of its API).
+    Rejected,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// A host command failed or a pool is exhausted.
+    Host,
+}
+
+impl RuntimeError {
+    /// Classifies the failure for the HTTP answer.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            RuntimeError::Connect(_) => FailureKind::Unreachable,
+            RuntimeError::Docker { source, .. } => classify(source),
+            RuntimeError::Pull {
+                not_found: true, ..
+            } => FailureKind::NotFound,
+            RuntimeError::Pull { .. } => FailureKind::Rejected,
+            RuntimeError::User { .. } | RuntimeError::UidsExhausted { .. } => FailureKind::Host,
+        }
+    }
+
+    /// Whether the error says the object is already gone.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == FailureKind::NotFound
+    }
+}
+
+fn classify(e: &bollard::errors::Error) -> FailureKind {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError {
+            status_code: 404, ..
+        } => FailureKind::NotFound,
+        E::DockerResponseServerError { .. } | E::DockerContainerWaitError { .. } => {
+            FailureKind::Rejected
+        }
+        E::JsonDataError { .. } | E::JsonSerdeError { .. } => FailureKind::Rejected,
+        _ => FailureKind::Unreachable,
+    }
+}
+
+/// Attaches the operation to a bollard error.
+fn docker_err(op: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
+    move |source| RuntimeError::Docker { op, source }
+}
+
+/// Settings of the sandboxes, from the configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// OCI runtime name (`runsc`).
+    pub oci_runtime: String,
+    /// DNS servers of the containers.
+    pub dns: Vec<String>,
+    /// Pids limit of each container.
+    pub pids_limit: i64,
+    /// Size cap of each container's json-file log, in MB.
+    pub log_max_mb: u64,
+    /// This instance's id (label value).
+    pub instance_id: String,
+}
+
+/// The Docker client plus the settings every sandbox shares.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    docker: Docker,
+    settings: Arc<RuntimeSettings>,
+    /// Caps concurrent Docker API calls so a burst of creates cannot swamp the daemon.
+    permits: Arc<Semaphore>,
+}
+
+impl Runtime {
+    /// Makes a client for `docker_host` (Docker's defaults when `None`). Does not contact the
+    /// daemon: mcp-runner starts even while Docker is down and reports it in readiness.
+    pub fn connect(
+        docker_host: Option<&str>,
+        settings: RuntimeSettings,
+        concurrency: usize,
+    ) -> Result<Runtime, RuntimeError> {
+        let docker = match docker_host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(RuntimeError::Connect)?
+        // Long enough for a 10 s stop grace period plus a slow daemon.
+        .with_timeout(Duration::from_secs(120));
+        Ok(Runtime {
+            docker,
+            settings: Arc::new(settings),
+            permits: Arc::new(Semaphore::new(concurrency)),
+        })
+    }
+
+    /// Negotiates the API version with the daemon (Docker 20.10 speaks 1.41) and checks that it
+    /// answers.
+    pub async fn negotiate(self) -> Result<Runtime, RuntimeError> {
+        let docker = self
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(docker_err("negotiate the API version"))?;
+        Ok(Runtime { docker, ..self })
+    }
+
+    /// Whether the daemon answers.
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        self.docker
+            .ping()
+            .await
+            .map_err(docker_err("answer a ping"))?;
+        Ok(())
+    }
+
+    /// The OCI runtimes the daemon knows (to check `DOCKER_RUNTIME` at start-up).
+    pub async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        let _permit = self.permit().await;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(docker_err("describe itself"))?;
+        Ok(info
+            .runtimes
+            .map(|r| r.into_keys().collect())
+            .unwrap_or_default())
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.settings.instance_id
+    }
+
+    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed; `None` would only mean no cap.
+        self.permits.acquire().await.ok()
+    }
+
+    /// The labels of an object belonging to `deployment_id`.
+    fn labels(&self, deployment_id: &str) -> std::collections::HashMap<String, String> {
+        [
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_INSTANCE, self.settings.instance_id.as_str()),
+            (LABEL_DEPLOYMENT, deployment_id),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// The label filter that finds this instance's objects.
+    fn instance_filter(&self) -> std::collections::HashMap<String, Vec<String>> {
+        std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+                format!("{LABEL_INSTANCE}={}", self.settings.instance_id),
+            ],
+        )])
+    }
+}
+
+/// The Docker name of a deployment's container and network.
+pub fn object_name(deployment_id: &str) -> String {
+    format!("mcp-runner-{deployment_id}")
+}

@@ -1,0 +1,75 @@
+//! Per-deployment bridge networks with inter-container traffic off.
+
+use std::collections::HashMap;
+
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::ListNetworksOptionsBuilder;
+
+use super::{LABEL_DEPLOYMENT, Runtime, RuntimeError, docker_err, object_name};
+
+/// A network of this instance, as found by its labels.
+#[derive(Debug, Clone)]
+pub struct ManagedNetwork {
+    /// Docker network id.
+    pub id: String,
+    /// Deployment it belongs to.
+    pub deployment_id: String,
+}
+
+impl Runtime {
+    /// Creates the bridge network of a deployment; returns its id.
+    pub async fn create_network(&self, deployment_id: &str) -> Result<String, RuntimeError> {
+        let _permit = self.permit().await;
+        let request = NetworkCreateRequest {
+            name: object_name(deployment_id),
+            driver: Some("bridge".to_owned()),
+            labels: Some(self.labels(deployment_id)),
+            options: Some(HashMap::from([(
+                // The container must not reach other containers on its network.
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(docker_err("create the network"))?;
+        Ok(created.id)
+    }
+
+    /// Removes a network; one already gone is not an error.
+    pub async fn remove_network(&self, network_id: &str) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        match self.docker.remove_network(network_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = docker_err("remove the network")(e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Every network of this instance.
+    pub async fn list_networks(&self) -> Result<Vec<ManagedNetwork>, RuntimeError> {
+        let _permit = self.permit().await;
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&self.instance_filter())
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(docker_err("list networks"))?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| {
+                Some(ManagedNetwork {
+                    id: n.id?,
+                    deployment_id: n.labels?.remove(LABEL_DEPLOYMENT)?,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,253 @@
+//! Deployment containers: the sandbox settings, and the container life cycle.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::{LABEL_DEPLOYMENT, Runtime, RuntimeError, docker_err, object_name};
+
+/// What a deployment asks of its container.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Deployment id (labels, names).
+    pub deployment_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Command (`None`: the image's default).
+    pub args: Option<Vec<String>>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Host UID and GID the container runs as.
+    pub uid: u32,
+    /// Host GID.
+    pub gid: u32,
+    /// Memory limit in MB.
+    pub memory_mb: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+    /// Docker network (name or id) to join.
+    pub network: String,
+    /// Keep stdin open (stdio servers).
+    pub stdin: bool,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Whether it runs now.
+    pub running: bool,
+    /// Exit code of the last run, when it ran and exited.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel's OOM killer ended the last run.
+    pub oom_killed: bool,
+}
+
+/// A container of this instance, as found by its labels.
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    /// Docker container id.
+    pub id: String,
+    /// Deployment it belongs to.
+    pub deployment_id: String,
+}
+
+const MIB: i64 = 1024 * 1024;
+
+impl Runtime {
+    /// The Docker container configuration of a sandbox. Every setting is explained in the
+    /// README's security section.
+    pub fn container_config(&self, spec: &SandboxSpec) -> ContainerCreateBody {
+        let s = &self.settings;
+        let memory = spec
+            .memory_mb
+            .map(|mb| i64::try_from(mb).unwrap_or(i64::MAX / MIB) * MIB);
+        let host_config = HostConfig {
+            runtime: Some(s.oci_runtime.clone()),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+            memory,
+            // Swap equal to memory: the container gets no swap on top of its memory limit.
+            memory_swap: memory,
+            nano_cpus: spec.cpus.map(|c| (c * 1e9).round() as i64),
+            pids_limit: Some(s.pids_limit),
+            dns: Some(s.dns.clone()),
+            network_mode: Some(spec.network.clone()),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), format!("{}m", s.log_max_mb)),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
+            // A minimal init (docker-init) as PID 1 forwards SIGTERM to the server and reaps
+            // zombies: a server running as PID 1 would ignore SIGTERM and every stop would
+            // wait out the grace period.
+            init: Some(true),
+            // mcp-runner decides when a deployment runs; Docker must not restart it.
+            restart_policy: None,
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.args.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: Some(format!("{}:{}", spec.uid, spec.gid)),
+            labels: Some(self.labels(&spec.deployment_id)),
+            open_stdin: Some(spec.stdin),
+            // Stdin stays open across attaches: the bridge may re-attach after a restart.
+            stdin_once: Some(false),
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the container of a sandbox; returns its id.
+    pub async fn create_container(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
+        let _permit = self.permit().await;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&object_name(&spec.deployment_id))
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), self.container_config(spec))
+            .await
+            .map_err(docker_err("create the container"))?;
+        Ok(created.id)
+    }
+
+    /// Starts a container; one already running is fine.
+    pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            // 304: already started.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err("start the container")(e)),
+        }
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace_secs`. One already stopped or
+    /// gone is fine.
+    pub async fn stop_container(&self, id: &str, grace_secs: i32) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        let options = StopContainerOptionsBuilder::default().t(grace_secs).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => {
+                let err = docker_err("stop the container")(e);
+                if err.is_not_found() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Removes a container (killing it if it still runs); one already gone is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let _permit = self.permit().await;
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = docker_err("remove the container")(e);
+                // 409 "removal already in progress" ends the same way.
+                if err.is_not_found() || is_conflict(&err) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The state of a container, `None` when it does not exist.
+    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        let _permit = self.permit().await;
+        match self.docker.inspect_container(id, None).await {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                Ok(Some(ContainerState {
+                    running: state.running.unwrap_or(false),
+                    exit_code: state.exit_code,
+                    oom_killed: state.oom_killed.unwrap_or(false),
+                }))
+            }
+            Err(e) => {
+                let err = docker_err("inspect the container")(e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Every container of this instance, running or not.
+    pub async fn list_containers(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let _permit = self.permit().await;
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&self.instance_filter())
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_err("list containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                Some(ManagedContainer {
+                    id: c.id?,
+                    deployment_id: c.labels?.remove(LABEL_DEPLOYMENT)?,
+                })
+            })
+            .collect())
+    }
+
+    /// Follows a container's stderr from `since` (Unix seconds) until the container stops.
+    /// The stream ends when the container stops; errors end it too.
+    pub fn follow_stderr(
+        &self,
+        id: &str,
+        since: i64,
+    ) -> impl Stream<Item = Result<Bytes, RuntimeError>> + Send + 'static {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(false)
+            .stderr(true)
+            .since(i32::try_from(since).unwrap_or(0))
+            .build();
+        self.docker.logs(id, Some(options)).map(|item| {
+            item.map(|out| out.into_bytes())
+                .map_err(docker_err("stream the container's stderr"))
+        })
+    }
+}
+
+fn is_conflict(err: &RuntimeError) -> bool {
+    matches!(
+        err,
+        RuntimeError::Docker {
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                ..
+            },
+            ..
+        }
+    )
+}
