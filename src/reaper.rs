@@ -105,6 +105,7 @@ pub async fn run(
                 // Forget retry state of rows that are no longer due (deleted meanwhile).
                 let due: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 retries.retain(|id, _| due.contains(id.as_str()));
+                tracing::debug!(?rows, "due rows");
                 for action in decide(now, &rows, &in_flight, &retries) {
                     in_flight.insert(action.id().to_owned());
                     let d = deployments.clone();

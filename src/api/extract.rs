@@ -55,6 +55,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Syntax first: serde_path_to_error reports syntax errors inside a value as data errors.
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Malformed JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "Invalid request body: expected a JSON object",
+        ));
+    }
     match serde_path_to_error::deserialize(value) {
         Ok(v) => Ok(v),
         Err(err) => {

@@ -6,7 +6,7 @@ pub mod stderr;
 
 pub use reconcile::Reconciled;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use rand::Rng;
@@ -67,6 +67,9 @@ pub struct Deployments {
 }
 
 struct Inner {
+    /// Deployments being deleted now: a second deleter (the reaper retrying a `deleting`
+    /// row, a repeated DELETE) stands back instead of racing the first.
+    deleting: std::sync::Mutex<HashSet<String>>,
     store: Store,
     runtime: Runtime,
     users: HostUsers,
@@ -85,6 +88,7 @@ impl Deployments {
     ) -> Self {
         Deployments {
             inner: Arc::new(Inner {
+                deleting: std::sync::Mutex::default(),
                 store,
                 runtime,
                 users,
@@ -258,6 +262,9 @@ impl Deployments {
     /// delete the user and the row. When a step fails the row stays `deleting` and the reaper
     /// retries.
     pub async fn delete(&self, id: &str) -> Result<(), DeployError> {
+        let Some(_guard) = DeletionGuard::claim(&self.inner, id) else {
+            return Err(DeployError::NotFound);
+        };
         let Some(d) = self.inner.store.mark_deleting(id).await? else {
             return Err(DeployError::NotFound);
         };
@@ -345,6 +352,33 @@ impl Deployments {
     }
 }
 
+/// Marks a deployment as being deleted by this task until dropped.
+struct DeletionGuard<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl<'a> DeletionGuard<'a> {
+    fn claim(inner: &'a Inner, id: &str) -> Option<Self> {
+        let mut set = inner.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id.to_owned()).then(|| DeletionGuard {
+            inner,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for DeletionGuard<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .inner
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.id);
+    }
+}
+
 fn visible(d: &Deployment) -> bool {
     matches!(d.status, Status::Running | Status::Stopped)
 }
@@ -363,7 +397,7 @@ pub fn new_id() -> String {
 }
 
 /// A random free UID of the range: random so that concurrent creates rarely collide.
-fn pick_uid(range: UidRange, used: &std::collections::HashSet<u32>) -> Option<u32> {
+fn pick_uid(range: UidRange, used: &HashSet<u32>) -> Option<u32> {
     let mut rng = rand::rng();
     for _ in 0..64 {
         let candidate = rng.random_range(range.first..=range.last);
@@ -381,7 +415,6 @@ fn pick_uid(range: UidRange, used: &std::collections::HashSet<u32>) -> Option<u3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     #[test]
     fn ids_are_prefixed_and_random() {

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -25,14 +24,16 @@ pub struct HostUser {
     pub deployment_id: String,
 }
 
-/// Makes and removes host accounts. The shadow utilities lock `/etc/passwd` themselves; the
-/// mutex keeps this process from racing itself into "cannot lock" failures.
+/// Makes and removes host accounts.
 #[derive(Debug, Clone)]
 pub struct HostUsers {
     etc: PathBuf,
     instance_id: String,
-    lock: Arc<Mutex<()>>,
 }
+
+/// The shadow utilities lock `/etc/passwd` themselves and fail when it is taken; this lock
+/// keeps the process (every instance in it) from racing itself into those failures.
+static SHADOW_LOCK: Mutex<()> = Mutex::const_new(());
 
 /// Exit code of useradd/userdel/groupdel: the user or group does not exist.
 const NO_SUCH_ENTRY: i32 = 6;
@@ -43,7 +44,6 @@ impl HostUsers {
         HostUsers {
             etc: PathBuf::from("/etc"),
             instance_id: instance_id.to_owned(),
-            lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -58,7 +58,7 @@ impl HostUsers {
         id: u32,
         deployment_id: &str,
     ) -> Result<(), RuntimeError> {
-        let _guard = self.lock.lock().await;
+        let _guard = SHADOW_LOCK.lock().await;
         let id_s = id.to_string();
         run(
             "create the host group",
@@ -97,7 +97,7 @@ impl HostUsers {
 
     /// Deletes the user `name` and its group; either already gone is fine.
     pub async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
-        let _guard = self.lock.lock().await;
+        let _guard = SHADOW_LOCK.lock().await;
         run_allowing("delete the host user", "userdel", &[name], NO_SUCH_ENTRY).await?;
         // userdel removes the user's private group on most systems; make sure.
         run_allowing("delete the host group", "groupdel", &[name], NO_SUCH_ENTRY).await?;

@@ -1,0 +1,215 @@
+//! Deployment life cycle against the real daemon: the sandbox Docker actually runs, deletion,
+//! `autoStart: false`, all-or-nothing creates, concurrent creates.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::docker::{exists, inspect, passwd_entry};
+use crate::support::{Options, TestApp, eventually, fixture_image};
+
+fn s(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+#[tokio::test]
+async fn create_runs_a_hardened_sandbox_and_delete_removes_everything() {
+    let app = TestApp::spawn().await;
+    let d = app
+        .create_fixture(json!({
+            "maxMemory": 128,
+            "maxCpus": 0.5,
+            "env": {"FIXTURE_NAME": "hardened"},
+            "metadata": {"owner": "team-a", "n": [1, 2]},
+            "pauseAfterSeconds": 3600,
+            "deleteAfterSeconds": 7200
+        }))
+        .await;
+
+    // The contract's shape.
+    let id = s(&d["id"]).to_owned();
+    assert!(id.starts_with("dp_") && id.len() == 27, "{id}");
+    assert_eq!(d["status"], "running");
+    assert_eq!(d["image"], fixture_image().await);
+    assert_eq!(d["max_memory"], 128);
+    assert_eq!(d["max_cpus"], 0.5);
+    assert_eq!(d["metadata"], json!({"owner": "team-a", "n": [1, 2]}));
+    assert_eq!(d["transport"], json!({"type": "stdio"}));
+    assert_eq!(d["pause_after_seconds"], 3600);
+    assert_eq!(d["delete_after_seconds"], 7200);
+    for key in ["pause_at", "delete_at", "created_at", "last_interaction_at"] {
+        assert!(
+            s(&d[key]).ends_with('Z'),
+            "{key} is ISO-8601 UTC: {}",
+            d[key]
+        );
+    }
+    assert!(d.get("env").is_none(), "env values are never returned");
+    let uid = d["uid"].as_u64().expect("uid");
+    let gid = d["gid"].as_u64().expect("gid");
+    let username = s(&d["username"]).to_owned();
+    let container_id = s(&d["container_id"]).to_owned();
+    let network_id = s(&d["network_id"]).to_owned();
+
+    // What Docker really runs.
+    let c = inspect("container", &container_id);
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["Runtime"], "runsc");
+    assert_eq!(c["Config"]["User"], format!("{uid}:{gid}"));
+    assert_eq!(hc["CapDrop"], json!(["ALL"]));
+    assert!(
+        hc["SecurityOpt"]
+            .as_array()
+            .expect("SecurityOpt")
+            .iter()
+            .any(|o| s(o).starts_with("no-new-privileges")),
+        "{}",
+        hc["SecurityOpt"]
+    );
+    assert_eq!(hc["Memory"], 128 * 1024 * 1024);
+    assert_eq!(hc["MemorySwap"], 128 * 1024 * 1024);
+    assert_eq!(hc["NanoCpus"], 500_000_000);
+    assert_eq!(hc["PidsLimit"], 256);
+    assert_eq!(hc["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
+    assert_eq!(hc["Init"], true);
+    assert_eq!(hc["LogConfig"]["Type"], "json-file");
+    assert_eq!(hc["LogConfig"]["Config"]["max-size"], "10m");
+    assert_eq!(hc["NetworkMode"], network_id);
+    assert_eq!(c["Config"]["OpenStdin"], true);
+    assert!(
+        c["Config"]["Env"]
+            .as_array()
+            .expect("Env")
+            .contains(&json!("FIXTURE_NAME=hardened"))
+    );
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["managed-by"], "mcp-runner");
+    assert_eq!(labels["mcp-runner.instance"], app.instance.as_str());
+    assert_eq!(labels["mcp-runner.deployment"], id.as_str());
+    assert_eq!(c["State"]["Running"], true);
+
+    let n = inspect("network", &network_id);
+    assert_eq!(n["Driver"], "bridge");
+    assert_eq!(
+        n["Options"]["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    assert_eq!(n["Labels"]["mcp-runner.deployment"], id.as_str());
+    assert_eq!(n["Labels"]["mcp-runner.instance"], app.instance.as_str());
+
+    // The host user: a system account without a home or a login shell.
+    let entry = passwd_entry(&username).expect("host user exists");
+    assert_eq!(entry[2], uid.to_string());
+    assert_eq!(entry[3], gid.to_string());
+    assert!(
+        entry[6].ends_with("nologin") || entry[6] == "/bin/false",
+        "{entry:?}"
+    );
+    assert!(!std::path::Path::new(&entry[5]).join(".profile").exists());
+
+    // The server's stderr reaches the deployment (saved at a bounded rate).
+    let stderr = eventually("stderr of the fixture", Duration::from_secs(20), || async {
+        let (_, body) = app.get(&id).await;
+        let text = body["deployment"]["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    assert!(stderr.len() <= 64 * 1024);
+
+    // get and list agree with create.
+    let (status, got) = app.get(&id).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["deployment"]["container_id"], container_id.as_str());
+    let listed = app.list().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    // Delete removes container, network, user and row; a second delete is 404.
+    let (status, body) = app.delete(&id).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"message": "Deployment deleted successfully"}))
+    );
+    assert!(!exists("container", &container_id), "container removed");
+    assert!(!exists("network", &network_id), "network removed");
+    assert!(passwd_entry(&username).is_none(), "host user removed");
+    assert_eq!(app.get(&id).await.0, 404);
+    assert_eq!(app.delete(&id).await.0, 404);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn auto_start_false_creates_a_stopped_container() {
+    let app = TestApp::spawn().await;
+    let d = app.create_fixture(json!({"autoStart": false})).await;
+    assert_eq!(d["status"], "stopped");
+    let c = inspect("container", s(&d["container_id"]));
+    assert_eq!(c["State"]["Running"], false);
+    assert_eq!(c["State"]["Status"], "created");
+    // Server defaults apply when no limits are asked for (the test server's 256 MB).
+    assert_eq!(d["max_memory"], 256);
+    assert_eq!(c["HostConfig"]["Memory"], 256 * 1024 * 1024);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_create_that_fails_part_way_leaves_nothing_behind() {
+    // An image that is neither local nor pullable (no registry is reachable here).
+    let app = TestApp::spawn().await;
+    fixture_image().await;
+    let (status, body) = app
+        .create(&json!({"image": "mcp-runner-test/absent:never", "transport": {"type": "stdio"}}))
+        .await;
+    assert!(
+        status == 400 || status == 502 || status == 503,
+        "{status} {body}"
+    );
+    assert!(
+        s(&body["message"]).contains("mcp-runner-test/absent:never"),
+        "{body}"
+    );
+    assert!(app.list().await.is_empty());
+    app.teardown().await;
+
+    // A runtime Docker does not know: the network and user are made, the container is not.
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--docker-runtime".into(), "no-such-runtime".into()],
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = app
+        .create(&json!({"image": fixture_image().await, "transport": {"type": "stdio"}}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["statusCode"], 502);
+    assert!(
+        s(&body["message"]).to_lowercase().contains("runtime"),
+        "{body}"
+    );
+    assert!(app.list().await.is_empty());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_get_distinct_uids_and_users() {
+    let app = TestApp::spawn().await;
+    fixture_image().await;
+    let creates = (0..6).map(|_| app.create_fixture(json!({"autoStart": false})));
+    let made = futures_util::future::join_all(creates).await;
+    let mut uids: Vec<u64> = made
+        .iter()
+        .map(|d| d["uid"].as_u64().expect("uid"))
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), 6, "every deployment has its own UID");
+    for d in &made {
+        assert!(passwd_entry(s(&d["username"])).is_some());
+    }
+    assert_eq!(app.list().await.len(), 6);
+    app.teardown().await;
+}

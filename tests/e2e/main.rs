@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server on 127.0.0.1, the real Docker daemon with runsc, a real
+//! SQLite file, and the fixture MCP server image built from `tests/fixture`.
+//!
+//! One test binary, so that the fixture image is built once per run.
+
+mod api;
+mod lifecycle;
+mod lifecycle_background;
+mod support;
