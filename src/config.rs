@@ -74,7 +74,8 @@ pub struct Config {
     #[arg(long, env = "MAX_MEMORY_LIMIT", default_value_t = 16384)]
     pub max_memory_limit: u64,
 
-    /// Most processes (and threads) one deployment container may run.
+    /// Most processes and threads one deployment may run (RLIMIT_NPROC inside the sandbox;
+    /// the pids cgroup gets four times as much, at least 1024, for gVisor's own threads).
     #[arg(long, env = "PIDS_LIMIT", default_value_t = 256)]
     pub pids_limit: i64,
 

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bridge;
 pub mod config;
 pub mod deployments;
 pub mod domain;

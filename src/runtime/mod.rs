@@ -4,6 +4,7 @@
 //! the host user and the container. Everything it makes carries labels (managed-by, instance,
 //! deployment) so that what belongs to this instance can be found again without names.
 
+mod attach;
 mod image;
 mod network;
 mod sandbox;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use bollard::Docker;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+pub use attach::Attached;
 pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
 pub use users::{HostUser, HostUsers};
 

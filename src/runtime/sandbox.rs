@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -59,6 +59,11 @@ pub struct ManagedContainer {
 
 const MIB: i64 = 1024 * 1024;
 
+/// The pids cgroup limit for a workload limit of `nproc` tasks: room for gVisor's own threads.
+pub fn host_pids_limit(nproc: i64) -> i64 {
+    nproc.saturating_mul(4).max(1024)
+}
+
 impl Runtime {
     /// The Docker container configuration of a sandbox. Every setting is explained in the
     /// README's security section.
@@ -75,7 +80,18 @@ impl Runtime {
             // Swap equal to memory: the container gets no swap on top of its memory limit.
             memory_swap: memory,
             nano_cpus: spec.cpus.map(|c| (c * 1e9).round() as i64),
-            pids_limit: Some(s.pids_limit),
+            // Two process limits, because under gVisor the pids cgroup counts the sandbox
+            // kernel's own host threads: a cgroup limit near the workload's size makes
+            // gVisor block inside its own thread creation and the whole container hangs.
+            // The workload's limit is RLIMIT_NPROC, enforced by gVisor itself (a fork bomb
+            // gets EAGAIN, the server keeps answering); each deployment has its own UID, so
+            // it is a per-deployment limit. The cgroup limit stays as a host-side backstop.
+            pids_limit: Some(host_pids_limit(s.pids_limit)),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nproc".to_owned()),
+                soft: Some(s.pids_limit),
+                hard: Some(s.pids_limit),
+            }]),
             dns: Some(s.dns.clone()),
             network_mode: Some(spec.network.clone()),
             log_config: Some(HostConfigLogConfig {

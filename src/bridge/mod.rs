@@ -1,0 +1,5 @@
+//! The MCP bridge: serves each deployment's MCP server at `/mcp-server/{id}/mcp` (Streamable
+//! HTTP) and `/mcp-server/{id}/sse` (legacy SSE), whatever transport the server speaks.
+
+pub mod jsonrpc;
+pub mod lines;
