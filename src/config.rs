@@ -75,7 +75,7 @@ pub struct Config {
     pub max_memory_limit: u64,
 
     /// Most processes and threads one deployment may run (RLIMIT_NPROC inside the sandbox;
-    /// the pids cgroup gets four times as much, at least 1024, for gVisor's own threads).
+    /// the pids cgroup gets 8 times as much plus 256, for gVisor's own host threads).
     #[arg(long, env = "PIDS_LIMIT", default_value_t = 256)]
     pub pids_limit: i64,
 

@@ -3,3 +3,6 @@
 
 pub mod jsonrpc;
 pub mod lines;
+pub mod session;
+pub mod stdio;
+pub mod version;

@@ -70,7 +70,7 @@ async fn create_runs_a_hardened_sandbox_and_delete_removes_everything() {
     assert_eq!(hc["Memory"], 128 * 1024 * 1024);
     assert_eq!(hc["MemorySwap"], 128 * 1024 * 1024);
     assert_eq!(hc["NanoCpus"], 500_000_000);
-    assert_eq!(hc["PidsLimit"], 1024);
+    assert_eq!(hc["PidsLimit"], 256 * 8 + 256);
     assert_eq!(
         hc["Ulimits"],
         json!([{"Name": "nproc", "Soft": 256, "Hard": 256}])

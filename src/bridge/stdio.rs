@@ -1,0 +1,599 @@
+//! One stdio server process shared by many client sessions.
+//!
+//! A single task owns the container's attach stream. It rewrites the id of every client
+//! request to one of its own (and the progress token with it), so that answers and progress
+//! go back to the session and stream they belong to; it sends `initialize` to the process
+//! once and answers later sessions from the cached result; and it routes the server's own
+//! requests (sampling, elicitation, roots, ping) to the one session that caused them:
+//!
+//! 1. the session with requests in flight, when exactly one has;
+//! 2. otherwise the session whose in-flight request is the oldest;
+//! 3. with nothing in flight, the session that spoke last.
+//!
+//! Notifications that belong to no request (list changes, log messages) reach every session;
+//! `notifications/resources/updated` only the sessions that subscribed to the resource.
+//! Servers that keep per-client state beyond this need `sessionMode: "isolated"`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::jsonrpc::{self, Kind, code};
+use super::lines::{Line, LineAssembler};
+use super::session::Session;
+use super::version;
+use crate::runtime::Attached;
+
+enum Command {
+    Join(Arc<Session>),
+    Leave(String),
+    FromClient(Arc<Session>, Value),
+}
+
+/// Handle on a running stdio hub.
+pub struct StdioHub {
+    tx: mpsc::UnboundedSender<Command>,
+    /// Cancelled when the process has exited and the hub stopped.
+    pub ended: CancellationToken,
+}
+
+impl StdioHub {
+    /// Starts the hub on an attachment made before the container started.
+    pub fn spawn(
+        deployment_id: String,
+        attached: Attached,
+        max_line: usize,
+        stop: CancellationToken,
+    ) -> Arc<StdioHub> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ended = CancellationToken::new();
+        let hub = Hub {
+            deployment_id,
+            sessions: HashMap::new(),
+            next_id: 0,
+            pending: HashMap::new(),
+            by_client: HashMap::new(),
+            progress: HashMap::new(),
+            server_requests: HashMap::new(),
+            init: Init::None,
+            initialized_sent: false,
+            subscriptions: HashMap::new(),
+            last_speaker: None,
+            stdin: None,
+        };
+        tokio::spawn(hub.run(rx, attached, max_line, stop, ended.clone()));
+        Arc::new(StdioHub { tx, ended })
+    }
+
+    /// Whether the process is still served.
+    pub fn is_alive(&self) -> bool {
+        !self.ended.is_cancelled()
+    }
+
+    /// Adds a session.
+    pub fn join(&self, session: Arc<Session>) {
+        let _ = self.tx.send(Command::Join(session));
+    }
+
+    /// Removes a session; its requests still in flight are cancelled upstream.
+    pub fn leave(&self, session_id: &str) {
+        let _ = self.tx.send(Command::Leave(session_id.to_owned()));
+    }
+
+    /// Forwards a client message. False when the hub has stopped.
+    pub fn send(&self, session: Arc<Session>, message: Value) -> bool {
+        self.tx.send(Command::FromClient(session, message)).is_ok()
+    }
+}
+
+struct Pending {
+    session: String,
+    client_id: Value,
+    token: Option<String>,
+    at: Instant,
+}
+
+enum Init {
+    None,
+    InFlight {
+        upstream_id: u64,
+        waiters: Vec<(Arc<Session>, Value, String)>,
+    },
+    Done {
+        result: Value,
+        version: String,
+    },
+}
+
+struct Hub {
+    deployment_id: String,
+    sessions: HashMap<String, Arc<Session>>,
+    next_id: u64,
+    /// Our request id → who asked.
+    pending: HashMap<u64, Pending>,
+    /// (session, client id key) → our request id, for cancellation.
+    by_client: HashMap<(String, String), u64>,
+    /// Our progress token key → (session, client's token, client request key).
+    progress: HashMap<String, (String, Value, String)>,
+    /// Server request id key → (session it went to).
+    server_requests: HashMap<String, String>,
+    init: Init,
+    initialized_sent: bool,
+    subscriptions: HashMap<String, HashSet<String>>,
+    last_speaker: Option<String>,
+    stdin: Option<mpsc::UnboundedSender<Bytes>>,
+}
+
+impl Hub {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        attached: Attached,
+        max_line: usize,
+        stop: CancellationToken,
+        ended: CancellationToken,
+    ) {
+        let Attached { mut stdout, stdin } = attached;
+        // A writer task of its own: a server that stops reading stdin must not stop us from
+        // reading its stdout (that would deadlock both).
+        let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Bytes>();
+        self.stdin = Some(stdin_tx);
+        let writer = tokio::spawn(async move {
+            let mut stdin = stdin;
+            while let Some(line) = stdin_rx.recv().await {
+                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = LineAssembler::new(max_line);
+        let reason = loop {
+            tokio::select! {
+                () = stop.cancelled() => break "the deployment is stopping",
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Join(s)) => { self.sessions.insert(s.id.clone(), s); }
+                    Some(Command::Leave(id)) => self.leave(&id),
+                    Some(Command::FromClient(s, m)) => self.from_client(&s, m),
+                    None => break "the bridge stopped",
+                },
+                chunk = stdout.next() => match chunk {
+                    Some(Ok(bytes)) => {
+                        for line in lines.push(&bytes) {
+                            match line {
+                                Line::Complete(l) => self.from_server(&l),
+                                Line::TooLong(n) => tracing::warn!(
+                                    deployment.id = %self.deployment_id,
+                                    bytes = n,
+                                    "dropped a stdout line longer than the limit"
+                                ),
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(deployment.id = %self.deployment_id, error = %e, "stdout stream failed");
+                        break "the server's output stream failed";
+                    }
+                    None => break "the MCP server process exited",
+                },
+            }
+        };
+        tracing::info!(deployment.id = %self.deployment_id, reason, "stdio bridge stopped");
+        ended.cancel();
+        self.fail_everything(reason);
+        writer.abort();
+    }
+
+    fn write(&self, message: &Value) {
+        let mut line = message.to_string().into_bytes();
+        line.push(b'\n');
+        if let Some(stdin) = &self.stdin {
+            let _ = stdin.send(Bytes::from(line));
+        }
+    }
+
+    fn from_client(&mut self, session: &Arc<Session>, mut message: Value) {
+        self.sessions
+            .entry(session.id.clone())
+            .or_insert_with(|| session.clone());
+        self.last_speaker = Some(session.id.clone());
+        let Ok(kind) = jsonrpc::classify(&message) else {
+            return;
+        };
+        let method = jsonrpc::method(&message).unwrap_or("").to_owned();
+        match kind {
+            Kind::Request if method == "initialize" => self.initialize(session, message),
+            Kind::Request => {
+                let Some(client_id) = jsonrpc::id(&message).cloned() else {
+                    return;
+                };
+                self.next_id += 1;
+                let our_id = self.next_id;
+                let token = jsonrpc::progress_token(&message).cloned().map(|t| {
+                    let ours = json!(format!("p{our_id}"));
+                    self.progress.insert(
+                        jsonrpc::key(&ours),
+                        (session.id.clone(), t, jsonrpc::key(&client_id)),
+                    );
+                    jsonrpc::set_progress_token(&mut message, ours.clone());
+                    jsonrpc::key(&ours)
+                });
+                match method.as_str() {
+                    "resources/subscribe" | "resources/unsubscribe" => {
+                        if let Some(uri) = message
+                            .get("params")
+                            .and_then(|p| p.get("uri"))
+                            .and_then(Value::as_str)
+                        {
+                            let subs = self.subscriptions.entry(uri.to_owned()).or_default();
+                            if method == "resources/subscribe" {
+                                subs.insert(session.id.clone());
+                            } else {
+                                subs.remove(&session.id);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                self.by_client
+                    .insert((session.id.clone(), jsonrpc::key(&client_id)), our_id);
+                self.pending.insert(
+                    our_id,
+                    Pending {
+                        session: session.id.clone(),
+                        client_id,
+                        token,
+                        at: Instant::now(),
+                    },
+                );
+                jsonrpc::set_id(&mut message, json!(our_id));
+                self.write(&message);
+            }
+            Kind::Notification => match method.as_str() {
+                "notifications/initialized" => {
+                    // The process hears it once; later sessions' copies would confuse it.
+                    if !self.initialized_sent {
+                        self.initialized_sent = true;
+                        self.write(&message);
+                    }
+                }
+                "notifications/cancelled" => {
+                    let target = jsonrpc::cancelled_request_id(&message)
+                        .map(|id| (session.id.clone(), jsonrpc::key(id)))
+                        .and_then(|k| self.by_client.get(&k).copied());
+                    if let Some(our_id) = target {
+                        jsonrpc::set_cancelled_request_id(&mut message, json!(our_id));
+                        self.write(&message);
+                    }
+                }
+                _ => self.write(&message),
+            },
+            Kind::Response => {
+                // The answer to a server request: only the session it was sent to may give it.
+                let key = jsonrpc::id(&message).map(jsonrpc::key).unwrap_or_default();
+                if self.server_requests.get(&key) == Some(&session.id) {
+                    self.server_requests.remove(&key);
+                    self.write(&message);
+                } else {
+                    tracing::debug!(session.id = %session.id, "dropped a response to no server request of this session");
+                }
+            }
+        }
+    }
+
+    fn initialize(&mut self, session: &Arc<Session>, message: Value) {
+        let client_id = jsonrpc::id(&message).cloned().unwrap_or(Value::Null);
+        let requested = message
+            .get("params")
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or(version::DEFAULT)
+            .to_owned();
+        match &mut self.init {
+            Init::Done { result, version } => {
+                let answer = answer_initialize(client_id, &requested, result, version);
+                deliver_init(session, &answer);
+            }
+            Init::InFlight { waiters, .. } => waiters.push((session.clone(), client_id, requested)),
+            Init::None => {
+                self.next_id += 1;
+                let our_id = self.next_id;
+                let mut message = message;
+                jsonrpc::set_id(&mut message, json!(our_id));
+                self.init = Init::InFlight {
+                    upstream_id: our_id,
+                    waiters: vec![(session.clone(), client_id, requested)],
+                };
+                self.write(&message);
+            }
+        }
+    }
+
+    fn from_server(&mut self, line: &[u8]) {
+        let Ok(message) = serde_json::from_slice::<Value>(line) else {
+            tracing::warn!(deployment.id = %self.deployment_id, "the server wrote a line that is not JSON; ignored");
+            return;
+        };
+        let Ok(kind) = jsonrpc::classify(&message) else {
+            tracing::warn!(deployment.id = %self.deployment_id, "the server wrote a malformed JSON-RPC message; ignored");
+            return;
+        };
+        match kind {
+            Kind::Response => self.server_response(message),
+            Kind::Notification => self.server_notification(message),
+            Kind::Request => {
+                let Some(id) = jsonrpc::id(&message).cloned() else {
+                    return;
+                };
+                match self.pick_session() {
+                    Some((session, related)) => {
+                        self.server_requests
+                            .insert(jsonrpc::key(&id), session.id.clone());
+                        session.deliver(&message, related.as_deref());
+                    }
+                    None if jsonrpc::method(&message) == Some("ping") => {
+                        self.write(&jsonrpc::result_response(id, json!({})));
+                    }
+                    None => {
+                        let error = jsonrpc::error_response(
+                            id,
+                            code::INTERNAL_ERROR,
+                            "no client session is connected to answer this request",
+                            None,
+                        );
+                        self.write(&error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_response(&mut self, mut message: Value) {
+        let Some(our_id) = jsonrpc::id(&message).and_then(Value::as_u64) else {
+            return;
+        };
+        if let Init::InFlight { upstream_id, .. } = &self.init
+            && *upstream_id == our_id
+        {
+            self.finish_initialize(message);
+            return;
+        }
+        let Some(p) = self.pending.remove(&our_id) else {
+            return;
+        };
+        self.by_client
+            .remove(&(p.session.clone(), jsonrpc::key(&p.client_id)));
+        if let Some(t) = &p.token {
+            self.progress.remove(t);
+        }
+        let related = jsonrpc::key(&p.client_id);
+        jsonrpc::set_id(&mut message, p.client_id);
+        if let Some(s) = self.sessions.get(&p.session) {
+            s.deliver(&message, Some(&related));
+        }
+    }
+
+    fn finish_initialize(&mut self, message: Value) {
+        let waiters = match std::mem::replace(&mut self.init, Init::None) {
+            Init::InFlight { waiters, .. } => waiters,
+            other => {
+                self.init = other;
+                return;
+            }
+        };
+        match message.get("result") {
+            Some(result) => {
+                let version = result
+                    .get("protocolVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or(version::DEFAULT)
+                    .to_owned();
+                for (session, client_id, requested) in waiters {
+                    let answer = answer_initialize(client_id, &requested, result, &version);
+                    deliver_init(&session, &answer);
+                }
+                self.init = Init::Done {
+                    result: result.clone(),
+                    version,
+                };
+            }
+            None => {
+                // The server refused; the next initialize tries again.
+                for (session, client_id, _) in waiters {
+                    let mut answer = message.clone();
+                    jsonrpc::set_id(&mut answer, client_id.clone());
+                    session.deliver(&answer, Some(&jsonrpc::key(&client_id)));
+                }
+            }
+        }
+    }
+
+    fn server_notification(&mut self, mut message: Value) {
+        let method = jsonrpc::method(&message).unwrap_or("").to_owned();
+        match method.as_str() {
+            "notifications/progress" => {
+                let Some(token) = jsonrpc::notified_progress_token(&message).map(jsonrpc::key)
+                else {
+                    return;
+                };
+                let Some((session, client_token, related)) = self.progress.get(&token).cloned()
+                else {
+                    return;
+                };
+                jsonrpc::set_notified_progress_token(&mut message, client_token);
+                if let Some(s) = self.sessions.get(&session) {
+                    s.deliver(&message, Some(&related));
+                }
+            }
+            "notifications/cancelled" => {
+                // The server gives up a request it sent to a client.
+                let key = jsonrpc::cancelled_request_id(&message).map(jsonrpc::key);
+                if let Some(session) = key.and_then(|k| self.server_requests.remove(&k))
+                    && let Some(s) = self.sessions.get(&session)
+                {
+                    s.deliver(&message, None);
+                }
+            }
+            "notifications/resources/updated" => {
+                let uri = message
+                    .get("params")
+                    .and_then(|p| p.get("uri"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let subscribers = self.subscriptions.get(uri).cloned().unwrap_or_default();
+                for id in subscribers {
+                    if let Some(s) = self.sessions.get(&id) {
+                        s.deliver(&message, None);
+                    }
+                }
+            }
+            _ => {
+                // Belongs to no request: every session, on its oldest request's stream if one
+                // is open (so a log line made during a call arrives before the call's result).
+                for s in self.sessions.values() {
+                    let related = self.oldest_of(&s.id).map(|p| jsonrpc::key(&p.client_id));
+                    s.deliver(&message, related.as_deref());
+                }
+            }
+        }
+    }
+
+    fn oldest_of(&self, session: &str) -> Option<&Pending> {
+        self.pending
+            .values()
+            .filter(|p| p.session == session)
+            .min_by_key(|p| p.at)
+    }
+
+    /// The session a server request goes to, with the client request it relates to.
+    fn pick_session(&self) -> Option<(Arc<Session>, Option<String>)> {
+        let oldest = self.pending.values().min_by_key(|p| p.at);
+        let chosen = match oldest {
+            // One session in flight, or several: the oldest request's session either way.
+            Some(p) => Some((p.session.clone(), Some(jsonrpc::key(&p.client_id)))),
+            None => self.last_speaker.clone().map(|s| (s, None)),
+        }?;
+        let session = self.sessions.get(&chosen.0)?.clone();
+        Some((session, chosen.1))
+    }
+
+    fn leave(&mut self, session_id: &str) {
+        self.sessions.remove(session_id);
+        for subs in self.subscriptions.values_mut() {
+            subs.remove(session_id);
+        }
+        self.server_requests.retain(|_, s| s != session_id);
+        let abandoned: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.session == session_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for our_id in abandoned {
+            if let Some(p) = self.pending.remove(&our_id) {
+                self.by_client
+                    .remove(&(p.session.clone(), jsonrpc::key(&p.client_id)));
+                if let Some(t) = p.token {
+                    self.progress.remove(&t);
+                }
+            }
+            self.write(&json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": our_id, "reason": "the client session ended"}
+            }));
+        }
+        if self.last_speaker.as_deref() == Some(session_id) {
+            self.last_speaker = None;
+        }
+    }
+
+    /// The process is gone: every request in flight gets an error at once and every session
+    /// ends (its next use is a 404).
+    fn fail_everything(&mut self, reason: &str) {
+        let message = format!("{reason}; the session has ended, initialize a new one");
+        for p in self.pending.values() {
+            if let Some(s) = self.sessions.get(&p.session) {
+                let error = jsonrpc::error_response(
+                    p.client_id.clone(),
+                    code::SERVER_UNAVAILABLE,
+                    &message,
+                    None,
+                );
+                s.deliver(&error, Some(&jsonrpc::key(&p.client_id)));
+            }
+        }
+        if let Init::InFlight { waiters, .. } = &self.init {
+            for (s, client_id, _) in waiters {
+                let error = jsonrpc::error_response(
+                    client_id.clone(),
+                    code::SERVER_UNAVAILABLE,
+                    &message,
+                    None,
+                );
+                s.deliver(&error, Some(&jsonrpc::key(client_id)));
+            }
+        }
+        for s in self.sessions.values() {
+            s.close();
+        }
+        self.pending.clear();
+        self.sessions.clear();
+    }
+}
+
+/// The cached initialize result for a later session, by the version rule of the README:
+/// the same version, or a newer client (which can speak the process's older version), gets
+/// the result; an older client, which cannot speak the newer version, gets an error.
+fn answer_initialize(client_id: Value, requested: &str, result: &Value, version: &str) -> Value {
+    if requested == version || version::newer_or_equal(requested, version) {
+        jsonrpc::result_response(client_id, result.clone())
+    } else {
+        jsonrpc::error_response(
+            client_id,
+            code::INVALID_PARAMS,
+            &format!(
+                "Unsupported protocol version: this deployment's server process speaks {version} \
+                 (negotiated by an earlier session) and cannot serve {requested}; use {version}, \
+                 or create the deployment with sessionMode \"isolated\""
+            ),
+            Some(json!({"supported": [version], "requested": requested})),
+        )
+    }
+}
+
+fn deliver_init(session: &Session, answer: &Value) {
+    if let Some(v) = answer
+        .get("result")
+        .and_then(|r| r.get("protocolVersion"))
+        .and_then(Value::as_str)
+    {
+        session.set_protocol_version(v);
+    }
+    let related = jsonrpc::id(answer).map(jsonrpc::key);
+    session.deliver(answer, related.as_deref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_sessions_get_the_cached_result_or_a_clear_error() {
+        let result = json!({"protocolVersion": "2025-06-18", "capabilities": {}});
+        let same = answer_initialize(json!(1), "2025-06-18", &result, "2025-06-18");
+        assert_eq!(same["result"], result);
+        let newer = answer_initialize(json!(2), "2025-11-25", &result, "2025-06-18");
+        assert_eq!(newer["result"]["protocolVersion"], "2025-06-18");
+        let older = answer_initialize(json!(3), "2024-11-05", &result, "2025-06-18");
+        assert_eq!(older["error"]["code"], code::INVALID_PARAMS);
+        assert_eq!(older["error"]["data"]["supported"], json!(["2025-06-18"]));
+        assert_eq!(older["id"], 3);
+    }
+}
