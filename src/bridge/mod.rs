@@ -4,5 +4,7 @@
 pub mod jsonrpc;
 pub mod lines;
 pub mod session;
+pub mod sse;
 pub mod stdio;
+pub mod upstream_http;
 pub mod version;

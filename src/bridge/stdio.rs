@@ -160,14 +160,14 @@ impl Hub {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Join(s)) => { self.sessions.insert(s.id.clone(), s); }
                     Some(Command::Leave(id)) => self.leave(&id),
-                    Some(Command::FromClient(s, m)) => self.from_client(&s, m),
+                    Some(Command::FromClient(s, m)) => self.on_client(&s, m),
                     None => break "the bridge stopped",
                 },
                 chunk = stdout.next() => match chunk {
                     Some(Ok(bytes)) => {
                         for line in lines.push(&bytes) {
                             match line {
-                                Line::Complete(l) => self.from_server(&l),
+                                Line::Complete(l) => self.on_server(&l),
                                 Line::TooLong(n) => tracing::warn!(
                                     deployment.id = %self.deployment_id,
                                     bytes = n,
@@ -198,7 +198,7 @@ impl Hub {
         }
     }
 
-    fn from_client(&mut self, session: &Arc<Session>, mut message: Value) {
+    fn on_client(&mut self, session: &Arc<Session>, mut message: Value) {
         self.sessions
             .entry(session.id.clone())
             .or_insert_with(|| session.clone());
@@ -315,7 +315,7 @@ impl Hub {
         }
     }
 
-    fn from_server(&mut self, line: &[u8]) {
+    fn on_server(&mut self, line: &[u8]) {
         let Ok(message) = serde_json::from_slice::<Value>(line) else {
             tracing::warn!(deployment.id = %self.deployment_id, "the server wrote a line that is not JSON; ignored");
             return;
