@@ -20,6 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::auth::Lockout;
 use crate::api::model::Limits;
+use crate::bridge::{Bridge, BridgeConfig};
 use crate::config::Config;
 use crate::deployments::stderr::StderrHub;
 use crate::deployments::{DeployError, Deployments};
@@ -40,6 +41,7 @@ pub struct App {
     pub limits: Limits,
     /// Set once Docker answered and reconciliation finished.
     deployments: OnceCell<Deployments>,
+    bridge: OnceCell<Arc<Bridge>>,
     store: Store,
 }
 
@@ -51,6 +53,11 @@ impl App {
                 "mcp-runner is starting: waiting for Docker and reconciling deployments".to_owned(),
             )
         })
+    }
+
+    /// The MCP bridge, once start-up has finished.
+    pub fn bridge(&self) -> Option<Arc<Bridge>> {
+        self.bridge.get().cloned()
     }
 
     /// Whether start-up reconciliation has finished.
@@ -139,9 +146,10 @@ impl Server {
             lockout: Lockout::default(),
             limits,
             deployments: OnceCell::new(),
+            bridge: OnceCell::new(),
             store,
         }));
-        let router = router(state.clone());
+        let router = router(state.clone(), config.mcp_max_body_bytes);
         Ok(Server {
             state,
             router,
@@ -281,6 +289,18 @@ async fn start_up(
             }
         }
     }
+    let bridge = Bridge::new(
+        deployments.clone(),
+        BridgeConfig {
+            max_body: config.mcp_max_body_bytes,
+            max_line: config.stdio_max_line_bytes,
+            session_idle: Duration::from_secs(config.session_idle_seconds),
+            ready_timeout: Duration::from_secs(config.upstream_ready_seconds),
+            allowed_origins: config.allowed_origins.clone(),
+        },
+        root.child_token(),
+    );
+    let _ = state.bridge.set(bridge);
     if state.deployments.set(deployments.clone()).is_err() {
         return;
     }
@@ -294,9 +314,10 @@ async fn start_up(
 }
 
 /// The whole router: API, Swagger UI, body limit, tracing and panic safety.
-fn router(state: AppState) -> Router {
+fn router(state: AppState, mcp_max_body: usize) -> Router {
     let (api, doc) = crate::api::router(state.clone());
-    api.with_state(state)
+    api.merge(crate::bridge::front::routes(mcp_max_body))
+        .with_state(state)
         .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(

@@ -105,6 +105,29 @@ pub struct Config {
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
 
+    /// Largest MCP message body accepted by the bridge, in bytes.
+    #[arg(long, env = "MCP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub mcp_max_body_bytes: usize,
+
+    /// Longest line a stdio MCP server may write to stdout, in bytes (longer ones are dropped
+    /// and logged).
+    #[arg(long, env = "STDIO_MAX_LINE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub stdio_max_line_bytes: usize,
+
+    /// MCP sessions without traffic for this long are ended, in seconds.
+    #[arg(long, env = "SESSION_IDLE_SECONDS", default_value_t = 1800)]
+    pub session_idle_seconds: u64,
+
+    /// How long the bridge waits for an HTTP MCP server in a container to accept
+    /// connections after starting it, in seconds.
+    #[arg(long, env = "UPSTREAM_READY_SECONDS", default_value_t = 30)]
+    pub upstream_ready_seconds: u64,
+
+    /// Browser origins allowed on the MCP endpoints besides loopback ones (comma separated,
+    /// `scheme://host[:port]`, or `*`). Requests without `Origin` are always allowed.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Smallest accepted `pauseAfterSeconds` / `deleteAfterSeconds`. Only tests lower it.
     #[arg(long, env = "MIN_IDLE_SECONDS", default_value_t = 30, hide = true)]
     pub min_idle_seconds: u64,
@@ -226,6 +249,14 @@ impl Config {
         }
         if self.reaper_interval_ms == 0 || self.reaper_interval_ms > 2000 {
             return Err("REAPER_INTERVAL_MS must be between 1 and 2000".into());
+        }
+        if self.mcp_max_body_bytes < 1024 || self.stdio_max_line_bytes < 1024 {
+            return Err("MCP_MAX_BODY_BYTES and STDIO_MAX_LINE_BYTES must be at least 1024".into());
+        }
+        if self.session_idle_seconds == 0 || self.upstream_ready_seconds == 0 {
+            return Err(
+                "SESSION_IDLE_SECONDS and UPSTREAM_READY_SECONDS must be at least 1".into(),
+            );
         }
         if self.docker_runtime.trim().is_empty() {
             return Err("DOCKER_RUNTIME must not be empty".into());

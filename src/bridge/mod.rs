@@ -1,6 +1,12 @@
 //! The MCP bridge: serves each deployment's MCP server at `/mcp-server/{id}/mcp` (Streamable
 //! HTTP) and `/mcp-server/{id}/sse` (legacy SSE), whatever transport the server speaks.
+//!
+//! `Bridge` keeps the sessions and, per stdio deployment, the one hub that owns the
+//! container's attach stream; it starts stopped containers on demand, ends sessions when a
+//! deployment is deleted or its process exits, and records interaction time (at most once a
+//! second per deployment, off the request path).
 
+pub mod front;
 pub mod jsonrpc;
 pub mod lines;
 pub mod session;
@@ -8,3 +14,386 @@ pub mod sse;
 pub mod stdio;
 pub mod upstream_http;
 pub mod version;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::deployments::{DeployError, Deployments, Lifecycle};
+use crate::domain::{Deployment, Transport, now_millis};
+use session::{Front, Session};
+use stdio::StdioHub;
+use upstream_http::{SseUpstream, StreamableUpstream};
+
+/// Settings of the bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Largest MCP request body.
+    pub max_body: usize,
+    /// Longest stdout line of a stdio server.
+    pub max_line: usize,
+    /// Sessions idle this long are ended.
+    pub session_idle: Duration,
+    /// How long to wait for an HTTP server in a container to accept connections.
+    pub ready_timeout: Duration,
+    /// Origins allowed besides loopback ones (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Why a bridge operation failed, with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// No such deployment (404).
+    #[error("Deployment not found")]
+    UnknownDeployment,
+    /// Docker or the database failed.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// The server in the container cannot be reached (502).
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// A session and the upstream its messages go to.
+#[derive(Clone)]
+pub struct Link {
+    /// The client session.
+    pub session: Arc<Session>,
+    /// Its upstream.
+    pub upstream: Upstream,
+}
+
+/// Where a session's messages go.
+#[derive(Clone)]
+pub enum Upstream {
+    /// The deployment's shared stdio process.
+    Stdio(Arc<StdioHub>),
+    /// An upstream Streamable HTTP session.
+    Streamable(Arc<StreamableUpstream>),
+    /// An upstream legacy SSE connection.
+    Sse(Arc<SseUpstream>),
+}
+
+impl Link {
+    /// Forwards a client message upstream. False when the upstream is gone.
+    pub fn send(&self, message: Value) -> bool {
+        self.session.touch();
+        match &self.upstream {
+            Upstream::Stdio(hub) => hub.send(self.session.clone(), message),
+            Upstream::Streamable(up) => {
+                up.send(self.session.clone(), message);
+                true
+            }
+            Upstream::Sse(up) => {
+                up.send(self.session.clone(), message);
+                true
+            }
+        }
+    }
+
+    /// The client opened its GET stream: HTTP upstreams open theirs.
+    pub fn get_stream_opened(&self) {
+        if let Upstream::Streamable(up) = &self.upstream {
+            up.open_get_stream(self.session.clone());
+        }
+    }
+}
+
+/// The bridge.
+pub struct Bridge {
+    deployments: Deployments,
+    config: BridgeConfig,
+    http: reqwest::Client,
+    sessions: Mutex<HashMap<String, Link>>,
+    hubs: Mutex<HashMap<String, Arc<StdioHub>>>,
+    starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    touched: Mutex<HashMap<String, i64>>,
+    stop: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Bridge {
+    /// A bridge over `deployments`; its tasks stop with `stop`.
+    pub fn new(
+        deployments: Deployments,
+        config: BridgeConfig,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        let bridge = Arc::new(Bridge {
+            deployments,
+            config,
+            http,
+            sessions: Mutex::default(),
+            hubs: Mutex::default(),
+            starting: Mutex::default(),
+            touched: Mutex::default(),
+            stop,
+        });
+        tokio::spawn(bridge.clone().watch());
+        bridge
+    }
+
+    /// The bridge's settings.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.config
+    }
+
+    /// Ends sessions of deleted or paused deployments, and idle sessions.
+    async fn watch(self: Arc<Self>) {
+        let mut events = self.deployments.subscribe();
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Ok(Lifecycle::Deleting(id) | Lifecycle::Paused(id)) => self.end_deployment(&id),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                },
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+        let all: Vec<Link> = lock(&self.sessions).drain().map(|(_, l)| l).collect();
+        for link in all {
+            link.session.close();
+        }
+    }
+
+    fn sweep(&self) {
+        let idle_ms = i64::try_from(self.config.session_idle.as_millis()).unwrap_or(i64::MAX);
+        let now = now_millis();
+        let expired: Vec<Link> = lock(&self.sessions)
+            .values()
+            .filter(|l| l.session.is_closed() || now - l.session.last_active() > idle_ms)
+            .cloned()
+            .collect();
+        for link in expired {
+            tracing::debug!(session.id = %link.session.id, "session expired or closed");
+            self.end_session(&link);
+        }
+    }
+
+    fn end_deployment(&self, deployment_id: &str) {
+        let links: Vec<Link> = lock(&self.sessions)
+            .values()
+            .filter(|l| l.session.deployment_id == deployment_id)
+            .cloned()
+            .collect();
+        for link in links {
+            self.end_session(&link);
+        }
+        lock(&self.hubs).remove(deployment_id);
+    }
+
+    /// Ends a session and tells its upstream.
+    pub fn end_session(&self, link: &Link) {
+        lock(&self.sessions).remove(&link.session.id);
+        link.session.close();
+        match &link.upstream {
+            Upstream::Stdio(hub) => hub.leave(&link.session.id),
+            Upstream::Streamable(up) => {
+                let (up, session) = (up.clone(), link.session.clone());
+                tokio::spawn(async move { up.close(&session).await });
+            }
+            Upstream::Sse(up) => up.close(),
+        }
+    }
+
+    /// The live session `id` of deployment `deployment_id`.
+    pub fn session(&self, deployment_id: &str, id: &str) -> Option<Link> {
+        let link = lock(&self.sessions).get(id).cloned()?;
+        (link.session.deployment_id == deployment_id && !link.session.is_closed()).then_some(link)
+    }
+
+    /// Records MCP traffic of a deployment: its idle deadlines slide. Written at most once per
+    /// second per deployment, by a task of its own.
+    pub fn touch(&self, deployment_id: &str) {
+        let now = now_millis();
+        {
+            let mut touched = lock(&self.touched);
+            let last = touched.entry(deployment_id.to_owned()).or_insert(0);
+            if now - *last < 1000 {
+                return;
+            }
+            *last = now;
+        }
+        let store = self.deployments.store().clone();
+        let id = deployment_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch(&id, now).await {
+                tracing::warn!(deployment.id = %id, error = %e, "cannot record interaction");
+            }
+        });
+    }
+
+    /// Opens a session of deployment `deployment_id`: starts its container when stopped and
+    /// connects the session to the server.
+    pub async fn open(
+        &self,
+        deployment_id: &str,
+        front: Front,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Link, BridgeError> {
+        let d = match self.deployments.get(deployment_id).await {
+            Ok(d) => d,
+            Err(DeployError::NotFound) => return Err(BridgeError::UnknownDeployment),
+            Err(e) => return Err(e.into()),
+        };
+        let session = Session::new(new_session_id(), d.id.clone(), front);
+        let upstream = match &d.transport {
+            Transport::Stdio => {
+                let hub = self.stdio_hub(&d).await?;
+                hub.join(session.clone());
+                Upstream::Stdio(hub)
+            }
+            Transport::StreamableHttp { endpoint } => {
+                let url = self.ready_url(&d, endpoint).await?;
+                Upstream::Streamable(StreamableUpstream::new(
+                    self.http.clone(),
+                    url,
+                    authorization,
+                ))
+            }
+            Transport::Sse { endpoint } => {
+                let url = self.ready_url(&d, endpoint).await?;
+                let up = SseUpstream::connect(
+                    self.http.clone(),
+                    &url,
+                    authorization,
+                    session.clone(),
+                    self.config.ready_timeout,
+                )
+                .await
+                .map_err(BridgeError::Upstream)?;
+                Upstream::Sse(up)
+            }
+        };
+        let link = Link { session, upstream };
+        lock(&self.sessions).insert(link.session.id.clone(), link.clone());
+        self.touch(deployment_id);
+        Ok(link)
+    }
+
+    fn start_lock(&self, deployment_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.starting)
+            .entry(deployment_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The hub of a stdio deployment, starting the process when needed. A process this
+    /// bridge did not start (it ran before a restart of mcp-runner) is restarted: its
+    /// protocol state is unknown.
+    async fn stdio_hub(&self, d: &Deployment) -> Result<Arc<StdioHub>, BridgeError> {
+        let start = self.start_lock(&d.id);
+        let _guard = start.lock().await;
+        if let Some(hub) = lock(&self.hubs).get(&d.id).filter(|h| h.is_alive()) {
+            return Ok(hub.clone());
+        }
+        let container = d
+            .container_id
+            .clone()
+            .ok_or(BridgeError::UnknownDeployment)?;
+        let rt = self.deployments.runtime();
+        if rt
+            .container_state(&container)
+            .await
+            .map_err(DeployError::from)?
+            .is_some_and(|s| s.running)
+        {
+            self.deployments.stop_container(d).await?;
+        }
+        // Attach before starting: nothing the process writes first is lost.
+        let attached = rt
+            .attach_stdio(&container)
+            .await
+            .map_err(DeployError::from)?;
+        self.deployments.start(&d.id).await?;
+        let hub = StdioHub::spawn(
+            d.id.clone(),
+            attached,
+            self.config.max_line,
+            self.stop.child_token(),
+        );
+        lock(&self.hubs).insert(d.id.clone(), hub.clone());
+        Ok(hub)
+    }
+
+    /// Starts an HTTP deployment's container when needed and waits until its server accepts
+    /// connections; returns the endpoint URL with the container's address.
+    async fn ready_url(&self, d: &Deployment, endpoint: &str) -> Result<String, BridgeError> {
+        let start = self.start_lock(&d.id);
+        let _guard = start.lock().await;
+        let d = self.deployments.start(&d.id).await?;
+        let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
+            return Err(BridgeError::UnknownDeployment);
+        };
+        let mut url = reqwest::Url::parse(endpoint)
+            .map_err(|e| BridgeError::Upstream(format!("bad endpoint URL: {e}")))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
+        let rt = self.deployments.runtime();
+        let ip = loop {
+            if let Some(ip) = rt
+                .container_ip(container, network)
+                .await
+                .map_err(DeployError::from)?
+            {
+                break ip;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(BridgeError::Upstream("the container got no address".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let addr: SocketAddr = format!("{ip}:{port}")
+            .parse()
+            .map_err(|_| BridgeError::Upstream(format!("bad container address {ip}")))?;
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                    .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(BridgeError::Upstream(format!(
+                    "the MCP server in the container did not accept connections on port {port} within {:?}",
+                    self.config.ready_timeout
+                )));
+            }
+            if !rt
+                .container_state(container)
+                .await
+                .map_err(DeployError::from)?
+                .is_some_and(|s| s.running)
+            {
+                return Err(BridgeError::Upstream(
+                    "the container exited before its MCP server accepted connections".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        url.set_ip_host(addr.ip())
+            .map_err(|()| BridgeError::Upstream("cannot address the container".into()))?;
+        Ok(url.to_string())
+    }
+}
+
+/// A session id: 32 random hex characters (128 bits), visible ASCII as the spec asks.
+fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -7,7 +7,8 @@
 //! requests (sampling, elicitation, roots, ping) to the one session that caused them:
 //!
 //! 1. the session with requests in flight, when exactly one has;
-//! 2. otherwise the session whose in-flight request is the oldest;
+//! 2. otherwise the session whose in-flight request is the oldest, preferring requests that
+//!    have not already caused a server request;
 //! 3. with nothing in flight, the session that spoke last.
 //!
 //! Notifications that belong to no request (list changes, log messages) reach every session;
@@ -98,6 +99,8 @@ struct Pending {
     client_id: Value,
     token: Option<String>,
     at: Instant,
+    /// A server request was already routed to this request's session on its behalf.
+    asked: bool,
 }
 
 enum Init {
@@ -250,6 +253,7 @@ impl Hub {
                         client_id,
                         token,
                         at: Instant::now(),
+                        asked: false,
                     },
                 );
                 jsonrpc::set_id(&mut message, json!(our_id));
@@ -471,12 +475,28 @@ impl Hub {
             .min_by_key(|p| p.at)
     }
 
-    /// The session a server request goes to, with the client request it relates to.
-    fn pick_session(&self) -> Option<(Arc<Session>, Option<String>)> {
-        let oldest = self.pending.values().min_by_key(|p| p.at);
-        let chosen = match oldest {
-            // One session in flight, or several: the oldest request's session either way.
-            Some(p) => Some((p.session.clone(), Some(jsonrpc::key(&p.client_id)))),
+    /// The session a server request goes to, with the client request it relates to: the
+    /// oldest request in flight, preferring requests that have not already caused a server
+    /// request (a tool that asked the client once is usually waiting for that answer, so a
+    /// new server request more likely comes from another call).
+    fn pick_session(&mut self) -> Option<(Arc<Session>, Option<String>)> {
+        let fresh = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.asked)
+            .min_by_key(|(_, p)| p.at)
+            .map(|(id, _)| *id);
+        let oldest = fresh.or_else(|| {
+            self.pending
+                .iter()
+                .min_by_key(|(_, p)| p.at)
+                .map(|(id, _)| *id)
+        });
+        let chosen = match oldest.and_then(|id| self.pending.get_mut(&id)) {
+            Some(p) => {
+                p.asked = true;
+                Some((p.session.clone(), Some(jsonrpc::key(&p.client_id))))
+            }
             None => self.last_speaker.clone().map(|s| (s, None)),
         }?;
         let session = self.sessions.get(&chosen.0)?.clone();
@@ -548,20 +568,24 @@ impl Hub {
     }
 }
 
-/// The cached initialize result for a later session, by the version rule of the README:
-/// the same version, or a newer client (which can speak the process's older version), gets
-/// the result; an older client, which cannot speak the newer version, gets an error.
+/// The cached initialize result for a later session. The process speaks one version,
+/// negotiated by the first session; by the spec's negotiation rule a server answers a
+/// version it does not speak with one it does, and the client decides. So any revision the
+/// bridge knows (or a newer one) gets the cached result; a version that is no MCP revision
+/// at all gets the spec's "Unsupported protocol version" error.
 fn answer_initialize(client_id: Value, requested: &str, result: &Value, version: &str) -> Value {
-    if requested == version || version::newer_or_equal(requested, version) {
+    if requested == version
+        || version::is_supported(requested)
+        || version::newer_or_equal(requested, version)
+    {
         jsonrpc::result_response(client_id, result.clone())
     } else {
         jsonrpc::error_response(
             client_id,
             code::INVALID_PARAMS,
             &format!(
-                "Unsupported protocol version: this deployment's server process speaks {version} \
-                 (negotiated by an earlier session) and cannot serve {requested}; use {version}, \
-                 or create the deployment with sessionMode \"isolated\""
+                "Unsupported protocol version {requested:?}: this deployment's server process \
+                 speaks {version}"
             ),
             Some(json!({"supported": [version], "requested": requested})),
         )
@@ -592,8 +616,10 @@ mod tests {
         let newer = answer_initialize(json!(2), "2025-11-25", &result, "2025-06-18");
         assert_eq!(newer["result"]["protocolVersion"], "2025-06-18");
         let older = answer_initialize(json!(3), "2024-11-05", &result, "2025-06-18");
-        assert_eq!(older["error"]["code"], code::INVALID_PARAMS);
-        assert_eq!(older["error"]["data"]["supported"], json!(["2025-06-18"]));
-        assert_eq!(older["id"], 3);
+        assert_eq!(older["result"]["protocolVersion"], "2025-06-18");
+        let bogus = answer_initialize(json!(4), "1.0.0", &result, "2025-06-18");
+        assert_eq!(bogus["error"]["code"], code::INVALID_PARAMS);
+        assert_eq!(bogus["error"]["data"]["supported"], json!(["2025-06-18"]));
+        assert_eq!(bogus["id"], 4);
     }
 }

@@ -73,7 +73,7 @@ impl StreamableUpstream {
         tokio::spawn(async move { this.post(session, message).await });
     }
 
-    async fn post(&self, session: Arc<Session>, message: Value) {
+    async fn post(self: Arc<Self>, session: Arc<Session>, message: Value) {
         let request_key = match jsonrpc::classify(&message) {
             Ok(Kind::Request) => jsonrpc::id(&message).map(jsonrpc::key),
             _ => None,
@@ -118,6 +118,11 @@ impl StreamableUpstream {
                 "the MCP server in the container answered HTTP {status}: {}",
                 body.chars().take(500).collect::<String>()
             ));
+        }
+        if jsonrpc::method(&message) == Some("notifications/initialized") {
+            // Server messages unrelated to a request come on the upstream's GET stream: open
+            // it now, whether or not the client ever opens its own (legacy clients cannot).
+            self.open_get_stream(session.clone());
         }
         if status == reqwest::StatusCode::ACCEPTED || request_key.is_none() {
             return;

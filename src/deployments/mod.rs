@@ -66,7 +66,17 @@ pub struct Deployments {
     inner: Arc<Inner>,
 }
 
+/// What happened to a deployment, for the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Deletion started: its sessions end.
+    Deleting(String),
+    /// Its container was stopped for idleness.
+    Paused(String),
+}
+
 struct Inner {
+    events: tokio::sync::broadcast::Sender<Lifecycle>,
     /// Deployments being deleted now: a second deleter (the reaper retrying a `deleting`
     /// row, a repeated DELETE) stands back instead of racing the first.
     deleting: std::sync::Mutex<HashSet<String>>,
@@ -88,6 +98,7 @@ impl Deployments {
     ) -> Self {
         Deployments {
             inner: Arc::new(Inner {
+                events: tokio::sync::broadcast::channel(1024).0,
                 deleting: std::sync::Mutex::default(),
                 store,
                 runtime,
@@ -96,6 +107,11 @@ impl Deployments {
                 stderr,
             }),
         }
+    }
+
+    /// Deployment life-cycle events (deletions, pauses).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Lifecycle> {
+        self.inner.events.subscribe()
     }
 
     /// The store.
@@ -268,6 +284,7 @@ impl Deployments {
         let Some(d) = self.inner.store.mark_deleting(id).await? else {
             return Err(DeployError::NotFound);
         };
+        let _ = self.inner.events.send(Lifecycle::Deleting(id.to_owned()));
         self.inner.stderr.stop(id);
         self.teardown(&d).await?;
         if self.inner.store.delete(id).await? {
@@ -287,6 +304,7 @@ impl Deployments {
         if d.status != Status::Running {
             return Ok(());
         }
+        let _ = self.inner.events.send(Lifecycle::Paused(id.to_owned()));
         if let Some(container) = &d.container_id {
             self.inner
                 .runtime
@@ -296,6 +314,41 @@ impl Deployments {
         self.inner.stderr.stop(id);
         self.inner.store.set_status(id, Status::Stopped).await?;
         tracing::info!(deployment.id = %id, "deployment paused after idling");
+        Ok(())
+    }
+
+    /// Starts the container of a deployment (the bridge calls this on demand): status
+    /// `running`, stderr followed from now. A running container is left as it is.
+    pub async fn start(&self, id: &str) -> Result<Deployment, DeployError> {
+        let mut d = self.get(id).await?;
+        let container = d.container_id.clone().ok_or(DeployError::NotFound)?;
+        let state = self.inner.runtime.container_state(&container).await?;
+        match state {
+            None => return Err(DeployError::NotFound),
+            Some(s) if s.running => {}
+            Some(_) => {
+                self.inner.runtime.start_container(&container).await?;
+                tracing::info!(deployment.id = %id, "container started on demand");
+            }
+        }
+        self.inner.store.set_status(id, Status::Running).await?;
+        if self.inner.stderr.snapshot(id).is_none() {
+            self.follow(&d, now_millis() / 1000);
+        }
+        d.status = Status::Running;
+        Ok(d)
+    }
+
+    /// Stops the container of a deployment now (the bridge restarts a stdio process it did
+    /// not start itself, so that its protocol state is known).
+    pub async fn stop_container(&self, d: &Deployment) -> Result<(), DeployError> {
+        if let Some(container) = &d.container_id {
+            self.inner.stderr.stop(&d.id);
+            self.inner
+                .runtime
+                .stop_container(container, STOP_GRACE_SECS)
+                .await?;
+        }
         Ok(())
     }
 

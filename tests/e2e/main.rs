@@ -4,6 +4,7 @@
 //! One test binary, so that the fixture image is built once per run.
 
 mod api;
+mod bridge;
 mod lifecycle;
 mod lifecycle_background;
 mod support;

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod fixture;
+pub mod mcp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,583 @@
+//! The HTTP fronts of the bridge: Streamable HTTP at `/mcp-server/{id}/mcp` (POST, GET,
+//! DELETE) and legacy HTTP+SSE at `/mcp-server/{id}/sse` with its message endpoint
+//! `/mcp-server/{id}/sse/messages?sessionId=…`.
+//!
+//! Status codes follow the specification and the reference SDKs: 400 for a missing session
+//! header or an invalid message (JSON-RPC -32700 / -32600), 404 for an unknown or ended
+//! session and for an unknown deployment, 403 for a foreign `Origin`, 406 / 415 for wrong
+//! `Accept` / `Content-Type`, 409 for a second GET stream, 413 for an oversized body, 202 for
+//! notifications and responses.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::jsonrpc::{self, Kind, code};
+use super::session::{Front, SseEvent, StreamError, parse_event_id};
+use super::{Bridge, BridgeError, Link, version};
+use crate::app::AppState;
+use crate::deployments::DeployError;
+use crate::runtime::FailureKind;
+
+/// How long a JSON answer is waited for before the request is given up.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Keep-alive comments on idle streams.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The MCP routes, with their own body limit.
+pub fn routes(max_body: usize) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/mcp-server/{id}/mcp",
+            post(mcp_post).get(mcp_get).delete(mcp_delete),
+        )
+        .route("/mcp-server/{id}/sse", get(sse_get))
+        .route("/mcp-server/{id}/sse/messages", post(sse_post))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(no_buffering))
+}
+
+/// nginx must not buffer any MCP answer (streams above all).
+async fn no_buffering(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// An HTTP error with a JSON-RPC error body (no id).
+pub struct Reject {
+    status: StatusCode,
+    code: i64,
+    message: String,
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(jsonrpc::error_body(self.code, &self.message)),
+        )
+            .into_response()
+    }
+}
+
+/// The upstream stopped between looking the session up and sending to it.
+fn not_running() -> Reject {
+    BridgeError::Upstream("the MCP server process is not running".into()).into()
+}
+
+fn rpc_error(status: StatusCode, code: i64, message: &str) -> Reject {
+    Reject {
+        status,
+        code,
+        message: message.to_owned(),
+    }
+}
+
+impl From<BridgeError> for Reject {
+    fn from(e: BridgeError) -> Self {
+        match &e {
+            BridgeError::UnknownDeployment => rpc_error(
+                StatusCode::NOT_FOUND,
+                code::INVALID_REQUEST,
+                "Deployment not found",
+            ),
+            BridgeError::Upstream(m) => {
+                tracing::warn!(error = %m, "upstream unavailable");
+                rpc_error(StatusCode::BAD_GATEWAY, code::SERVER_UNAVAILABLE, m)
+            }
+            BridgeError::Deploy(DeployError::NotFound) => rpc_error(
+                StatusCode::NOT_FOUND,
+                code::INVALID_REQUEST,
+                "Deployment not found",
+            ),
+            BridgeError::Deploy(DeployError::Runtime(e)) => {
+                let status = if e.kind() == FailureKind::Unreachable {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                tracing::warn!(error = %e, "Docker failed for an MCP request");
+                rpc_error(status, code::SERVER_UNAVAILABLE, &format!("Docker: {e}"))
+            }
+            BridgeError::Deploy(e) => {
+                tracing::error!(error = %e, "bridge failure");
+                rpc_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code::INTERNAL_ERROR,
+                    "Internal error",
+                )
+            }
+        }
+    }
+}
+
+fn bridge(state: &AppState) -> Result<Arc<Bridge>, Reject> {
+    state.bridge().ok_or_else(|| {
+        rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::SERVER_UNAVAILABLE,
+            "mcp-runner is starting: waiting for Docker",
+        )
+    })
+}
+
+/// DNS-rebinding protection: a present `Origin` must be a loopback origin or one of the
+/// configured ones.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Reject> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+    let listed = allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/') == origin);
+    let loopback = url::Url::parse(origin).ok().is_some_and(|u| {
+        matches!(
+            u.host(),
+            Some(url::Host::Domain("localhost"))
+                | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+        )
+    });
+    if listed || loopback {
+        Ok(())
+    } else {
+        Err(rpc_error(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            "Origin not allowed",
+        ))
+    }
+}
+
+fn accepts(headers: &HeaderMap, what: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .any(|v| v == what || v == "*/*")
+}
+
+fn is_json_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|v| v == "application/json")
+}
+
+/// Reads and checks one JSON-RPC message from a body.
+fn read_message(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Value, Kind), Reject> {
+    if !is_json_body(headers) {
+        return Err(rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code::INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+        ));
+    }
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                code::INVALID_REQUEST,
+                "Request body too large",
+            )
+        } else {
+            rpc_error(
+                StatusCode::BAD_REQUEST,
+                code::PARSE_ERROR,
+                "Cannot read the request body",
+            )
+        }
+    })?;
+    let message: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::PARSE_ERROR,
+            &format!("Parse error: {e}"),
+        )
+    })?;
+    if message.is_array() {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            "JSON-RPC batches are not supported; send one message per request",
+        ));
+    }
+    let kind = jsonrpc::classify(&message).map_err(|why| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            &format!("Invalid Request: {why}"),
+        )
+    })?;
+    Ok((message, kind))
+}
+
+/// The live session named by the request: 400 when it names none, 404 when it is unknown,
+/// ended, or of another deployment.
+fn find_session(
+    bridge: &Bridge,
+    deployment_id: &str,
+    session_id: Option<String>,
+    what: &str,
+) -> Result<Link, Reject> {
+    let Some(session_id) = session_id else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            &format!("Bad Request: the {what} is required"),
+        ));
+    };
+    bridge.session(deployment_id, &session_id).ok_or_else(|| {
+        rpc_error(
+            StatusCode::NOT_FOUND,
+            code::SESSION_NOT_FOUND,
+            "Session not found",
+        )
+    })
+}
+
+/// The Streamable HTTP session of a request (protocol header checked, activity recorded).
+fn streamable_session(bridge: &Bridge, id: &str, headers: &HeaderMap) -> Result<Link, Reject> {
+    check_protocol_header(headers)?;
+    let link = find_session(bridge, id, session_header(headers), "Mcp-Session-Id header")?;
+    bridge.touch(id);
+    Ok(link)
+}
+
+fn session_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `MCP-Protocol-Version`: absent means 2025-03-26; an unknown one is a 400.
+fn check_protocol_header(headers: &HeaderMap) -> Result<(), Reject> {
+    match headers.get("mcp-protocol-version").map(|v| v.to_str()) {
+        None => Ok(()),
+        Some(Ok(v)) if version::is_supported(v) => Ok(()),
+        Some(v) => Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            &format!(
+                "Unsupported MCP-Protocol-Version {:?}; supported: {}",
+                v.unwrap_or("?"),
+                version::KNOWN.join(", ")
+            ),
+        )),
+    }
+}
+
+fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
+    Sse::new(sse_body(rx, ()))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+/// The SSE body of a stream; `guard` lives as long as the body (dropped when the client goes).
+fn sse_body<G: Send + 'static>(
+    rx: mpsc::Receiver<SseEvent>,
+    guard: G,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let e = rx.recv().await?;
+        let mut event = Event::default();
+        if let Some(id) = &e.id {
+            event = event.id(id);
+        }
+        if !e.data.is_empty() {
+            event = event.event(e.event).data(&*e.data);
+        }
+        Some((Ok(event), (rx, guard)))
+    })
+}
+
+/// Whether the answer to a request goes on an SSE stream: whenever progress, log messages
+/// or server requests may come before the response.
+fn wants_stream(method: &str, message: &Value) -> bool {
+    jsonrpc::progress_token(message).is_some()
+        || matches!(
+            method,
+            "tools/call" | "prompts/get" | "resources/read" | "completion/complete"
+        )
+}
+
+/// Waits for the JSON answer of a request.
+async fn json_answer(link: &Link, rx: tokio::sync::oneshot::Receiver<Value>, id: &Value) -> Value {
+    tokio::select! {
+        answer = rx => answer.unwrap_or_else(|_| jsonrpc::error_response(
+            id.clone(), code::SERVER_UNAVAILABLE, "the session ended before the server answered", None)),
+        () = tokio::time::sleep(ANSWER_TIMEOUT) => jsonrpc::error_response(
+            id.clone(), code::INTERNAL_ERROR, "the server did not answer in time", None),
+        () = link.session.closed.cancelled() => jsonrpc::error_response(
+            id.clone(), code::SERVER_UNAVAILABLE, "the session ended before the server answered", None),
+    }
+}
+
+async fn mcp_post(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Reject> {
+    let bridge = bridge(&state)?;
+    check_origin(&headers, &bridge.config().allowed_origins)?;
+    if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+        return Err(rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            code::INVALID_REQUEST,
+            "Not Acceptable: Accept must list application/json and text/event-stream",
+        ));
+    }
+    let (message, kind) = read_message(&headers, body)?;
+    let method = jsonrpc::method(&message).unwrap_or("").to_owned();
+
+    if method == "initialize" {
+        if kind != Kind::Request {
+            return Err(rpc_error(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_REQUEST,
+                "initialize must be a request",
+            ));
+        }
+        let rpc_id = jsonrpc::id(&message).cloned().unwrap_or(Value::Null);
+        let auth = headers.get(header::AUTHORIZATION).cloned();
+        let link = bridge.open(&id, Front::Streamable, auth).await?;
+        let rx = link.session.expect_json(jsonrpc::key(&rpc_id));
+        if !link.send(message) {
+            bridge.end_session(&link);
+            return Err(not_running());
+        }
+        let answer = json_answer(&link, rx, &rpc_id).await;
+        let mut resp = Json(&answer).into_response();
+        if answer.get("result").is_some() {
+            if let Ok(v) = HeaderValue::from_str(&link.session.id) {
+                resp.headers_mut().insert("mcp-session-id", v);
+            }
+        } else {
+            bridge.end_session(&link);
+        }
+        return Ok(resp);
+    }
+
+    let link = streamable_session(&bridge, &id, &headers)?;
+    match kind {
+        Kind::Notification | Kind::Response => {
+            if !link.send(message) {
+                return Err(not_running());
+            }
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Kind::Request => {
+            let rpc_id = jsonrpc::id(&message).cloned().unwrap_or(Value::Null);
+            let key = jsonrpc::key(&rpc_id);
+            if wants_stream(&method, &message) {
+                let prime = link
+                    .session
+                    .protocol_version()
+                    .is_some_and(|v| version::primes_streams(&v));
+                let rx = link.session.open_request_stream(key, prime);
+                if !link.send(message) {
+                    return Err(not_running());
+                }
+                Ok(sse_response(rx))
+            } else {
+                let rx = link.session.expect_json(key);
+                if !link.send(message) {
+                    return Err(not_running());
+                }
+                Ok(Json(json_answer(&link, rx, &rpc_id).await).into_response())
+            }
+        }
+    }
+}
+
+async fn mcp_get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Reject> {
+    let bridge = bridge(&state)?;
+    check_origin(&headers, &bridge.config().allowed_origins)?;
+    if !accepts(&headers, "text/event-stream") {
+        return Err(rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            code::INVALID_REQUEST,
+            "Not Acceptable: Accept must list text/event-stream",
+        ));
+    }
+    let link = streamable_session(&bridge, &id, &headers)?;
+    link.session.touch();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_event_id);
+    if let Some((stream, seq)) = resume
+        && let Some(rx) = link.session.resume(stream, seq)
+    {
+        return Ok(sse_response(rx));
+    }
+    let prime = link
+        .session
+        .protocol_version()
+        .is_some_and(|v| version::primes_streams(&v));
+    match link.session.open_get_stream(prime) {
+        Ok(rx) => {
+            link.get_stream_opened();
+            Ok(sse_response(rx))
+        }
+        Err(StreamError::Conflict) => Err(rpc_error(
+            StatusCode::CONFLICT,
+            code::INVALID_REQUEST,
+            "Conflict: this session already has a GET stream",
+        )),
+        Err(StreamError::Closed) => Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            code::SESSION_NOT_FOUND,
+            "Session not found",
+        )),
+    }
+}
+
+async fn mcp_delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Reject> {
+    let bridge = bridge(&state)?;
+    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let link = streamable_session(&bridge, &id, &headers)?;
+    bridge.end_session(&link);
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Ends the legacy session when its stream's body is dropped (the client went away).
+struct EndOnDrop {
+    bridge: Arc<Bridge>,
+    link: Link,
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.bridge.end_session(&self.link);
+    }
+}
+
+async fn sse_get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Reject> {
+    let bridge = bridge(&state)?;
+    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let auth = headers.get(header::AUTHORIZATION).cloned();
+    let link = bridge.open(&id, Front::Legacy, auth).await?;
+    let endpoint = format!(
+        "/mcp-server/{id}/sse/messages?sessionId={}",
+        link.session.id
+    );
+    let rx = link.session.open_legacy(endpoint);
+    let guard = EndOnDrop {
+        bridge: bridge.clone(),
+        link,
+    };
+    Ok(Sse::new(sse_body(rx, guard))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// Query of the legacy message endpoint.
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+}
+
+async fn sse_post(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<SessionQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Reject> {
+    let bridge = bridge(&state)?;
+    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let link = find_session(&bridge, &id, query.session_id, "sessionId query parameter")?;
+    let (message, _kind) = read_message(&headers, body)?;
+    bridge.touch(&id);
+    if !link.send(message) {
+        return Err(not_running());
+    }
+    Ok((StatusCode::ACCEPTED, "Accepted").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origins_loopback_listed_or_refused() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        assert!(check_origin(&headers(&[]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "http://localhost:6274")]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "http://127.0.0.1")]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "https://app.example.com")]), &allowed).is_ok());
+        assert!(check_origin(&headers(&[("origin", "https://evil.example")]), &allowed).is_err());
+        assert!(check_origin(&headers(&[("origin", "null")]), &allowed).is_err());
+    }
+
+    #[test]
+    fn accept_lists_are_parsed() {
+        let h = headers(&[("accept", "application/json, text/event-stream;q=0.9")]);
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        assert!(!accepts(
+            &headers(&[("accept", "text/html")]),
+            "application/json"
+        ));
+    }
+
+    #[test]
+    fn protocol_header_rule() {
+        assert!(check_protocol_header(&headers(&[])).is_ok());
+        assert!(check_protocol_header(&headers(&[("mcp-protocol-version", "2025-06-18")])).is_ok());
+        assert!(
+            check_protocol_header(&headers(&[("mcp-protocol-version", "1999-01-01")])).is_err()
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! The MCP bridge with real clients: every upstream transport through both fronts, many
+//! sessions on one stdio process, and the protocol's error paths.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::support::mcp::Client;
+use crate::support::{TestApp, eventually};
+
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+fn mcp_url(app: &TestApp, id: &str) -> String {
+    format!("{}/mcp-server/{id}/mcp", app.url)
+}
+
+fn sse_url(app: &TestApp, id: &str) -> String {
+    format!("{}/mcp-server/{id}/sse", app.url)
+}
+
+/// The create body fields of each upstream transport of the fixture.
+fn upstreams() -> Vec<(&'static str, Value)> {
+    vec![
+        ("stdio", json!({"transport": {"type": "stdio"}})),
+        (
+            "sse",
+            json!({"args": ["sse", "--port", "8000"],
+                   "transport": {"type": "sse", "endpoint": "http://localhost:8000/sse"}}),
+        ),
+        (
+            "streamable_http",
+            json!({"args": ["http", "--port", "8000"],
+                   "transport": {"type": "streamable_http", "endpoint": "http://localhost:8000/mcp"}}),
+        ),
+    ]
+}
+
+/// initialize, tools/list, tools/call, progress, logging and a sampling round trip.
+async fn exercise(client: &Client, label: &str) {
+    assert_eq!(client.server_name(), "bridged", "{label}");
+    let tools = client.tool_names().await;
+    for t in ["add", "echo", "log", "sample", "slow"] {
+        assert!(
+            tools.iter().any(|n| n == t),
+            "{label}: {t} listed in {tools:?}"
+        );
+    }
+    assert_eq!(
+        client
+            .call("echo", json!({"text": "hé llo"}))
+            .await
+            .as_deref(),
+        Ok("hé llo"),
+        "{label}"
+    );
+    assert_eq!(
+        client.call("add", json!({"a": 2, "b": 3})).await.as_deref(),
+        Ok("5"),
+        "{label}"
+    );
+    assert_eq!(
+        client
+            .call("slow", json!({"steps": 3, "delay_ms": 20}))
+            .await
+            .as_deref(),
+        Ok("done"),
+        "{label}"
+    );
+    eventually(
+        &format!("{label}: progress"),
+        Duration::from_secs(5),
+        || async { (client.seen().progress_count() >= 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        client
+            .call("log", json!({"message": "hello log", "level": "warning"}))
+            .await
+            .as_deref(),
+        Ok("logged"),
+        "{label}"
+    );
+    eventually(
+        &format!("{label}: log message"),
+        Duration::from_secs(5),
+        || async {
+            client
+                .seen()
+                .log_texts()
+                .iter()
+                .any(|l| l == "hello log")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        client
+            .call("sample", json!({"prompt": "pick one"}))
+            .await
+            .as_deref(),
+        Ok("sampled: t:PICK ONE"),
+        "{label}"
+    );
+}
+
+#[tokio::test]
+async fn every_upstream_transport_through_both_fronts() {
+    let app = TestApp::spawn().await;
+    for (name, fields) in upstreams() {
+        let mut fields = fields;
+        fields["env"] = json!({"FIXTURE_NAME": "bridged"});
+        let d = app.create_fixture(fields).await;
+        let id = d["id"].as_str().expect("id").to_owned();
+
+        let client = Client::streamable(&mcp_url(&app, &id), "t").await;
+        exercise(&client, &format!("{name} upstream, Streamable HTTP front")).await;
+        client.close().await;
+
+        let client = Client::legacy(&sse_url(&app, &id), "t").await;
+        exercise(&client, &format!("{name} upstream, SSE front")).await;
+        client.close().await;
+
+        // Interaction slides the deadlines.
+        let (_, got) = app.get(&id).await;
+        assert_ne!(
+            got["deployment"]["last_interaction_at"], d["last_interaction_at"],
+            "{name}"
+        );
+        assert_eq!(app.delete(&id).await.0, 200);
+    }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn sixteen_sessions_share_one_stdio_process_without_crossing() {
+    let app = TestApp::spawn().await;
+    let d = app
+        .create_fixture(json!({"env": {"FIXTURE_NAME": "bridged"}}))
+        .await;
+    let url = mcp_url(&app, d["id"].as_str().expect("id"));
+    let connects = (0..16).map(|n| {
+        let url = url.clone();
+        async move { Client::streamable(&url, &format!("s{n}")).await }
+    });
+    let clients = futures_util::future::join_all(connects).await;
+
+    // All at once: 200 calls each, and progress, which is matched to its request exactly.
+    let calls = clients.iter().enumerate().map(|(n, client)| async move {
+        for i in 0..200 {
+            let text = format!("session {n} call {i}");
+            let got = client.call("echo", json!({"text": text})).await;
+            assert_eq!(got.as_deref(), Ok(text.as_str()), "crossed or lost");
+        }
+        client
+            .call("slow", json!({"steps": 2, "delay_ms": 10}))
+            .await
+            .expect("slow");
+    });
+    futures_util::future::join_all(calls).await;
+    for c in &clients {
+        eventually("own progress", Duration::from_secs(5), || async {
+            (c.seen().progress_count() == 2).then_some(())
+        })
+        .await;
+    }
+
+    // Server requests go to the session that caused them (one session calling at a time:
+    // the routing rule's first case, documented in the README).
+    for (n, client) in clients.iter().enumerate() {
+        let sampled = client
+            .call("sample", json!({"prompt": format!("p{n}")}))
+            .await;
+        assert_eq!(sampled, Ok(format!("sampled: s{n}:P{n}")));
+    }
+    for (n, c) in clients.iter().enumerate() {
+        assert_eq!(
+            c.seen().sampled.lock().expect("lock").clone(),
+            vec![format!("p{n}")]
+        );
+        assert_eq!(
+            c.seen().progress_count(),
+            2,
+            "nobody got another session's progress"
+        );
+    }
+    for c in clients {
+        c.close().await;
+    }
+    app.teardown().await;
+}
+
+async fn post(app: &TestApp, id: &str, session: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(mcp_url(app, id))
+        .header("accept", ACCEPT_BOTH)
+        .header("content-type", "application/json")
+        .json(body);
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    req.send().await.expect("post")
+}
+
+fn init_body(id: i64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}})
+}
+
+/// A malformed POST: headers, body, expected status, expected JSON-RPC error code.
+type BadPost<'a> = (Vec<(&'a str, &'a str)>, String, u16, Option<i64>);
+
+/// Initializes by hand; returns the session id.
+async fn raw_session(app: &TestApp, id: &str) -> String {
+    let resp = post(app, id, None, &init_body(1)).await;
+    assert_eq!(resp.status(), 200);
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("session id")
+        .to_owned();
+    assert!(sid.len() >= 32 && sid.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["result"]["protocolVersion"], "2025-11-25");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post(app, id, Some(&sid), &note).await.status(), 202);
+    sid
+}
+
+#[tokio::test]
+async fn protocol_errors_have_the_spec_status_codes() {
+    let app = TestApp::spawn().await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let sid = raw_session(&app, &id).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    // Unknown deployment: 404 with a JSON-RPC body.
+    let resp = post(&app, "dp_nope", None, &init_body(1)).await;
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert!(body["error"]["message"].is_string());
+
+    // Missing session: 400; unknown session: 404.
+    assert_eq!(post(&app, &id, None, &list).await.status(), 400);
+    assert_eq!(post(&app, &id, Some("nope"), &list).await.status(), 404);
+    // JSON answer with the session.
+    let resp = post(&app, &id, Some(&sid), &list).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let body: Value = resp.json().await.expect("json");
+    assert!(body["result"]["tools"].is_array());
+
+    // Wrong shapes and headers: (headers, body, expected status, expected JSON-RPC code).
+    let bad_shape = json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"}).to_string();
+    let json_ct = ("content-type", "application/json");
+    let accept = ("accept", ACCEPT_BOTH);
+    let session = ("mcp-session-id", sid.as_str());
+    let cases: Vec<BadPost> = vec![
+        (vec![accept, json_ct, session], bad_shape, 400, Some(-32600)),
+        (
+            vec![accept, json_ct, session],
+            "{not json".into(),
+            400,
+            Some(-32700),
+        ),
+        (
+            vec![("accept", "text/html"), json_ct, session],
+            list.to_string(),
+            406,
+            None,
+        ),
+        (
+            vec![accept, ("content-type", "text/plain"), session],
+            list.to_string(),
+            415,
+            None,
+        ),
+        (
+            vec![
+                accept,
+                json_ct,
+                session,
+                ("mcp-protocol-version", "1999-01-01"),
+            ],
+            list.to_string(),
+            400,
+            None,
+        ),
+        (
+            vec![accept, json_ct, ("origin", "https://evil.example")],
+            init_body(1).to_string(),
+            403,
+            None,
+        ),
+    ];
+    for (headers, body, status, rpc_code) in cases {
+        let mut req = app.http.post(mcp_url(&app, &id)).body(body.clone());
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("post");
+        assert_eq!(resp.status(), status, "{headers:?} {body}");
+        let answer: Value = resp.json().await.expect("JSON-RPC error body");
+        assert_eq!(answer["jsonrpc"], "2.0");
+        if let Some(c) = rpc_code {
+            assert_eq!(answer["error"]["code"], c, "{answer}");
+        }
+    }
+    let huge = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "x".repeat(5 * 1024 * 1024)}}});
+    assert_eq!(post(&app, &id, Some(&sid), &huge).await.status(), 413);
+
+    // A second GET stream in the session is a conflict.
+    let get = || {
+        app.http
+            .get(mcp_url(&app, &id))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &sid)
+            .send()
+    };
+    let first = get().await.expect("get");
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    assert_eq!(get().await.expect("get").status(), 409);
+    drop(first);
+
+    // DELETE ends the session: 404 afterwards.
+    let resp = app
+        .http
+        .delete(mcp_url(&app, &id))
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 404);
+
+    // Deleting the deployment ends its sessions.
+    let sid = raw_session(&app, &id).await;
+    assert_eq!(app.delete(&id).await.0, 200);
+    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 404);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_call_fails_fast_and_the_next_initialize_restarts_the_server() {
+    let app = TestApp::spawn().await;
+    let d = app
+        .create_fixture(json!({"env": {"FIXTURE_NAME": "bridged"}}))
+        .await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let client = Client::streamable(&mcp_url(&app, &id), "t").await;
+    let started = std::time::Instant::now();
+    let crashed = client.call("crash", json!({"code": 7})).await;
+    assert!(crashed.is_err(), "a crash is an error: {crashed:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "prompt error");
+    // stderr is kept; the session has ended.
+    eventually("crash on stderr", Duration::from_secs(10), || async {
+        let (_, body) = app.get(&id).await;
+        body["deployment"]["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("crashing")
+            .then_some(())
+    })
+    .await;
+    client.close().await;
+    let again = Client::streamable(&mcp_url(&app, &id), "t").await;
+    assert_eq!(
+        again.call("echo", json!({"text": "back"})).await.as_deref(),
+        Ok("back")
+    );
+    again.close().await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_stopped_deployment_starts_on_the_first_request() {
+    let app = TestApp::spawn().await;
+    let d = app
+        .create_fixture(json!({"autoStart": false, "env": {"FIXTURE_NAME": "bridged"}}))
+        .await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    assert_eq!(d["status"], "stopped");
+    let client = Client::streamable(&mcp_url(&app, &id), "t").await;
+    assert_eq!(
+        client.call("echo", json!({"text": "up"})).await.as_deref(),
+        Ok("up")
+    );
+    let (_, body) = app.get(&id).await;
+    assert_eq!(body["deployment"]["status"], "running");
+    client.close().await;
+    app.teardown().await;
+}
+
+/// Reads SSE events from a response until `stop` says enough; returns (id, data) pairs.
+async fn read_events(
+    resp: reqwest::Response,
+    mut stop: impl FnMut(&str) -> bool,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut body = resp.bytes_stream();
+    let (mut buf, mut id, mut data) = (Vec::new(), String::new(), String::new());
+    while let Some(Ok(chunk)) = body.next().await {
+        for b in chunk {
+            if b != b'\n' {
+                buf.push(b);
+                continue;
+            }
+            let line = String::from_utf8_lossy(&buf).to_string();
+            buf.clear();
+            if line.is_empty() {
+                if !data.is_empty() {
+                    let done = stop(&data);
+                    out.push((std::mem::take(&mut id), std::mem::take(&mut data)));
+                    if done {
+                        return out;
+                    }
+                }
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_dropped_stream_is_replayed_from_last_event_id() {
+    let app = TestApp::spawn().await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let sid = raw_session(&app, &id).await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"steps": 6, "delay_ms": 200},
+        "_meta": {"progressToken": "tok"}}});
+    let resp = post(&app, &id, Some(&sid), &call).await;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // Read the first progress event, then drop the connection.
+    let first = read_events(resp, |_| true).await;
+    let (last_id, data) = first.last().cloned().expect("an event");
+    assert!(data.contains("notifications/progress"), "{data}");
+    let resumed = app
+        .http
+        .get(mcp_url(&app, &id))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let rest = read_events(resumed, |d| d.contains("\"result\"")).await;
+    let progress: Vec<f64> = first
+        .iter()
+        .chain(rest.iter())
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|m| m["params"]["progress"].as_f64())
+        .collect();
+    assert_eq!(
+        progress,
+        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "nothing lost, nothing twice"
+    );
+    let answer: Value = serde_json::from_str(&rest.last().expect("answer").1).expect("json");
+    assert_eq!(answer["id"], 9);
+    assert_eq!(answer["result"]["content"][0]["text"], "done");
+    app.teardown().await;
+}
