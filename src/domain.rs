@@ -84,6 +84,37 @@ impl Transport {
     }
 }
 
+/// How the MCP sessions of a deployment share its server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// One container serves every session (stdio: one process, requests multiplexed).
+    #[default]
+    Shared,
+    /// Every session gets its own container (same sandbox, network and user), made on
+    /// `initialize` and removed when the session ends or expires.
+    Isolated,
+}
+
+impl SessionMode {
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Shared => "shared",
+            SessionMode::Isolated => "isolated",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Option<SessionMode> {
+        match s {
+            "shared" => Some(SessionMode::Shared),
+            "isolated" => Some(SessionMode::Isolated),
+            _ => None,
+        }
+    }
+}
+
 /// A deployment as the store holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployment {
@@ -115,6 +146,8 @@ pub struct Deployment {
     pub metadata: serde_json::Value,
     /// Upstream transport.
     pub transport: Transport,
+    /// How sessions share the server.
+    pub session_mode: SessionMode,
     /// Last 64 KiB of the container's stderr.
     pub stderr: String,
     /// Idle time before the container is stopped.

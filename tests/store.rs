@@ -1,6 +1,6 @@
 //! The store against a real SQLite file.
 
-use mcp_runner::domain::{Deployment, Status, Transport, now_millis};
+use mcp_runner::domain::{Deployment, SessionMode, Status, Transport, now_millis};
 use mcp_runner::store::{Store, StoreError};
 
 fn deployment(id: &str, uid: u32) -> Deployment {
@@ -20,6 +20,7 @@ fn deployment(id: &str, uid: u32) -> Deployment {
         env: [("K".to_owned(), "V".to_owned())].into(),
         metadata: serde_json::json!({"x": 1}),
         transport: Transport::Stdio,
+        session_mode: SessionMode::Isolated,
         stderr: String::new(),
         pause_after_seconds: None,
         delete_after_seconds: None,

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::config::MIN_MEMORY_MB;
 use crate::deployments::NewDeployment;
-use crate::domain::{Deployment, Transport, iso8601};
+use crate::domain::{Deployment, SessionMode, Transport, iso8601};
 use crate::error::ApiError;
 
 /// Body of `POST /api/deployment`.
@@ -24,7 +24,8 @@ use crate::error::ApiError;
     "deleteAfterSeconds": 86400,
     "autoStart": true,
     "metadata": {"owner": "team-a"},
-    "transport": {"type": "stdio"}
+    "transport": {"type": "stdio"},
+    "sessionMode": "shared"
 }))]
 pub struct CreateDeploymentRequest {
     /// Docker image; used when present locally, pulled otherwise.
@@ -62,6 +63,12 @@ pub struct CreateDeploymentRequest {
     pub metadata: Option<serde_json::Value>,
     /// How the MCP server in the image speaks.
     pub transport: Transport,
+    /// `shared` (default): every MCP session talks to the one container (a stdio server's
+    /// requests are multiplexed, see the README for how server requests are routed).
+    /// `isolated`: every MCP session gets its own container, started on `initialize` and
+    /// removed when the session ends, for servers that keep per-client state.
+    #[serde(default)]
+    pub session_mode: Option<SessionMode>,
 }
 
 /// A deployment as the API shows it.
@@ -99,6 +106,8 @@ pub struct DeploymentData {
     pub stderr: String,
     /// Upstream transport.
     pub transport: Transport,
+    /// `shared` or `isolated`.
+    pub session_mode: SessionMode,
     /// Idle seconds before stop.
     pub pause_after_seconds: Option<u64>,
     /// Idle seconds before deletion.
@@ -144,6 +153,7 @@ impl From<Deployment> for DeploymentData {
             metadata: d.metadata,
             stderr: d.stderr,
             transport: d.transport,
+            session_mode: d.session_mode,
             pause_after_seconds: d.pause_after_seconds,
             delete_after_seconds: d.delete_after_seconds,
             pause_at: d.pause_at.map(iso8601),
@@ -258,6 +268,7 @@ impl CreateDeploymentRequest {
             auto_start: self.auto_start.unwrap_or(true),
             metadata,
             transport: self.transport,
+            session_mode: self.session_mode.unwrap_or_default(),
         })
     }
 }

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployments::{DeployError, Deployments, Lifecycle};
-use crate::domain::{Deployment, Transport, now_millis};
+use crate::domain::{Deployment, SessionMode, Transport, now_millis};
 use session::{Front, Session};
 use stdio::StdioHub;
 use upstream_http::{SseUpstream, StreamableUpstream};
@@ -66,6 +66,8 @@ pub struct Link {
     pub session: Arc<Session>,
     /// Its upstream.
     pub upstream: Upstream,
+    /// The session's own container (isolated deployments), removed when the session ends.
+    pub own_container: Option<String>,
 }
 
 /// Where a session's messages go.
@@ -200,8 +202,18 @@ impl Bridge {
 
     /// Ends a session and tells its upstream.
     pub fn end_session(&self, link: &Link) {
-        lock(&self.sessions).remove(&link.session.id);
+        if lock(&self.sessions).remove(&link.session.id).is_none() && link.session.is_closed() {
+            return; // already ended
+        }
         link.session.close();
+        if let Some(container) = link.own_container.clone() {
+            let deployments = self.deployments.clone();
+            tokio::spawn(async move {
+                if let Err(e) = deployments.remove_session_container(&container).await {
+                    tracing::warn!(container.id = %container, error = %e, "cannot remove a session container");
+                }
+            });
+        }
         match &link.upstream {
             Upstream::Stdio(hub) => hub.leave(&link.session.id),
             Upstream::Streamable(up) => {
@@ -253,35 +265,36 @@ impl Bridge {
             Err(e) => return Err(e.into()),
         };
         let session = Session::new(new_session_id(), d.id.clone(), front);
-        let upstream = match &d.transport {
-            Transport::Stdio => {
-                let hub = self.stdio_hub(&d).await?;
-                hub.join(session.clone());
-                Upstream::Stdio(hub)
-            }
-            Transport::StreamableHttp { endpoint } => {
-                let url = self.ready_url(&d, endpoint).await?;
-                Upstream::Streamable(StreamableUpstream::new(
-                    self.http.clone(),
-                    url,
-                    authorization,
-                ))
-            }
-            Transport::Sse { endpoint } => {
-                let url = self.ready_url(&d, endpoint).await?;
-                let up = SseUpstream::connect(
-                    self.http.clone(),
-                    &url,
-                    authorization,
-                    session.clone(),
-                    self.config.ready_timeout,
-                )
-                .await
-                .map_err(BridgeError::Upstream)?;
-                Upstream::Sse(up)
-            }
+        let (upstream, own_container) = if d.session_mode == SessionMode::Isolated {
+            self.isolated_upstream(&d, &session, authorization).await?
+        } else {
+            let upstream = match &d.transport {
+                Transport::Stdio => {
+                    let hub = self.stdio_hub(&d).await?;
+                    hub.join(session.clone());
+                    Upstream::Stdio(hub)
+                }
+                Transport::StreamableHttp { endpoint } | Transport::Sse { endpoint } => {
+                    let d = {
+                        let start = self.start_lock(&d.id);
+                        let _guard = start.lock().await;
+                        self.deployments.start(&d.id).await?
+                    };
+                    let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
+                        return Err(BridgeError::UnknownDeployment);
+                    };
+                    let url = self.wait_ready(container, network, endpoint).await?;
+                    self.http_upstream(&d.transport, url, authorization, &session)
+                        .await?
+                }
+            };
+            (upstream, None)
         };
-        let link = Link { session, upstream };
+        let link = Link {
+            session,
+            upstream,
+            own_container,
+        };
         lock(&self.sessions).insert(link.session.id.clone(), link.clone());
         self.touch(deployment_id);
         Ok(link)
@@ -332,15 +345,87 @@ impl Bridge {
         Ok(hub)
     }
 
-    /// Starts an HTTP deployment's container when needed and waits until its server accepts
-    /// connections; returns the endpoint URL with the container's address.
-    async fn ready_url(&self, d: &Deployment, endpoint: &str) -> Result<String, BridgeError> {
-        let start = self.start_lock(&d.id);
-        let _guard = start.lock().await;
-        let d = self.deployments.start(&d.id).await?;
-        let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
-            return Err(BridgeError::UnknownDeployment);
-        };
+    /// The upstream of one session of an isolated deployment: a container of its own.
+    async fn isolated_upstream(
+        &self,
+        d: &Deployment,
+        session: &Arc<Session>,
+        authorization: Option<HeaderValue>,
+    ) -> Result<(Upstream, Option<String>), BridgeError> {
+        let stdio = d.transport.is_stdio();
+        let (container, attached) = self
+            .deployments
+            .start_session_container(d, &session.id, stdio)
+            .await?;
+        let made = async {
+            if let Some(attached) = attached {
+                let hub = StdioHub::spawn(
+                    d.id.clone(),
+                    attached,
+                    self.config.max_line,
+                    self.stop.child_token(),
+                );
+                hub.join(session.clone());
+                return Ok(Upstream::Stdio(hub));
+            }
+            let network = d
+                .network_id
+                .as_deref()
+                .ok_or(BridgeError::UnknownDeployment)?;
+            let endpoint = match &d.transport {
+                Transport::StreamableHttp { endpoint } | Transport::Sse { endpoint } => endpoint,
+                Transport::Stdio => return Err(BridgeError::UnknownDeployment),
+            };
+            let url = self.wait_ready(&container, network, endpoint).await?;
+            self.http_upstream(&d.transport, url, authorization, session)
+                .await
+        }
+        .await;
+        match made {
+            Ok(upstream) => Ok((upstream, Some(container))),
+            Err(e) => {
+                let _ = self.deployments.remove_session_container(&container).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The upstream of an HTTP server at `url`.
+    async fn http_upstream(
+        &self,
+        transport: &Transport,
+        url: String,
+        authorization: Option<HeaderValue>,
+        session: &Arc<Session>,
+    ) -> Result<Upstream, BridgeError> {
+        Ok(match transport {
+            Transport::Sse { .. } => Upstream::Sse(
+                SseUpstream::connect(
+                    self.http.clone(),
+                    &url,
+                    authorization,
+                    session.clone(),
+                    self.config.ready_timeout,
+                )
+                .await
+                .map_err(BridgeError::Upstream)?,
+            ),
+            _ => Upstream::Streamable(StreamableUpstream::new(
+                self.http.clone(),
+                url,
+                authorization,
+            )),
+        })
+    }
+
+    /// Waits until the HTTP server in a running container accepts connections; returns the
+    /// endpoint URL with the container's address.
+    async fn wait_ready(
+        &self,
+        container: &str,
+        network: &str,
+        endpoint: &str,
+    ) -> Result<String, BridgeError> {
         let mut url = reqwest::Url::parse(endpoint)
             .map_err(|e| BridgeError::Upstream(format!("bad endpoint URL: {e}")))?;
         let port = url.port_or_known_default().unwrap_or(80);

@@ -13,7 +13,7 @@ use rand::Rng;
 use rand::seq::IndexedRandom;
 
 use crate::config::UidRange;
-use crate::domain::{Deployment, Status, Transport, now_millis};
+use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
 use crate::runtime::{HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
 use crate::store::{Store, StoreError};
 use stderr::StderrHub;
@@ -44,6 +44,8 @@ pub struct NewDeployment {
     pub metadata: serde_json::Value,
     /// Upstream transport.
     pub transport: Transport,
+    /// How sessions share the server.
+    pub session_mode: SessionMode,
 }
 
 /// What can go wrong with a deployment operation.
@@ -144,6 +146,7 @@ impl Deployments {
             env: req.env,
             metadata: req.metadata,
             transport: req.transport,
+            session_mode: req.session_mode,
             stderr: String::new(),
             pause_after_seconds: req.pause_after_seconds,
             delete_after_seconds: req.delete_after_seconds,
@@ -158,7 +161,7 @@ impl Deployments {
 
         match self.build(&d, req.auto_start).await {
             Ok((container_id, network_id)) => {
-                d.status = if req.auto_start {
+                d.status = if req.auto_start && d.session_mode == SessionMode::Shared {
                     Status::Running
                 } else {
                     Status::Stopped
@@ -174,7 +177,7 @@ impl Deployments {
                     self.undo(&d).await;
                     return Err(e.into());
                 }
-                if req.auto_start {
+                if d.status == Status::Running {
                     self.follow(&d, 0);
                 }
                 tracing::info!(deployment.id = %d.id, status = d.status.as_str(), "deployment created");
@@ -226,20 +229,10 @@ impl Deployments {
         image?;
         user?;
         let network_id = network?;
-        let spec = SandboxSpec {
-            deployment_id: d.id.clone(),
-            image: d.image.clone(),
-            args: d.args.clone(),
-            env: d.env.clone(),
-            uid: d.uid,
-            gid: d.gid,
-            memory_mb: d.max_memory,
-            cpus: d.max_cpus,
-            network: network_id.clone(),
-            stdin: d.transport.is_stdio(),
-        };
-        let container_id = rt.create_container(&spec).await?;
-        if start {
+        let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
+        // An isolated deployment's own container is the template of its sessions' containers
+        // and never runs itself.
+        if start && d.session_mode == SessionMode::Shared {
             rt.start_container(&container_id).await?;
         }
         Ok((container_id, network_id))
@@ -264,6 +257,13 @@ impl Deployments {
     /// names stand in for ids a failed create never learned.
     async fn teardown(&self, d: &Deployment) -> Result<(), DeployError> {
         let rt = &self.inner.runtime;
+        if d.session_mode == SessionMode::Isolated {
+            for c in rt.list_containers().await? {
+                if c.deployment_id == d.id && c.session.is_some() {
+                    rt.remove_container(&c.id).await?;
+                }
+            }
+        }
         let name = object_name(&d.id);
         let container = d.container_id.as_deref().unwrap_or(&name);
         rt.stop_container(container, STOP_GRACE_SECS).await?;
@@ -352,6 +352,50 @@ impl Deployments {
         Ok(())
     }
 
+    /// Makes and starts the container of one session of an isolated deployment: the
+    /// deployment's sandbox, network and user. With `attach`, stdio is attached before the
+    /// start so that nothing is missed.
+    pub async fn start_session_container(
+        &self,
+        d: &Deployment,
+        session_id: &str,
+        attach: bool,
+    ) -> Result<(String, Option<crate::runtime::Attached>), DeployError> {
+        let rt = &self.inner.runtime;
+        let network = d.network_id.as_deref().ok_or(DeployError::NotFound)?;
+        let container = rt
+            .create_container(&spec_of(d, network, Some(session_id.to_owned())))
+            .await?;
+        let started = async {
+            let attached = if attach {
+                Some(rt.attach_stdio(&container).await?)
+            } else {
+                None
+            };
+            rt.start_container(&container).await?;
+            Ok::<_, RuntimeError>(attached)
+        }
+        .await;
+        match started {
+            Ok(attached) => {
+                tracing::info!(deployment.id = %d.id, session.id = %session_id, "session container started");
+                Ok((container, attached))
+            }
+            Err(e) => {
+                let _ = rt.remove_container(&container).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Removes a session's container (its session ended).
+    pub async fn remove_session_container(&self, container: &str) -> Result<(), DeployError> {
+        let rt = &self.inner.runtime;
+        rt.stop_container(container, STOP_GRACE_SECS).await?;
+        rt.remove_container(container).await?;
+        Ok(())
+    }
+
     /// A deployment visible through the API (running or stopped), with its live stderr.
     pub async fn get(&self, id: &str) -> Result<Deployment, DeployError> {
         match self.inner.store.get(id).await? {
@@ -429,6 +473,23 @@ impl Drop for DeletionGuard<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         set.remove(&self.id);
+    }
+}
+
+/// The sandbox of a deployment (or of one of its sessions).
+fn spec_of(d: &Deployment, network: &str, session: Option<String>) -> SandboxSpec {
+    SandboxSpec {
+        deployment_id: d.id.clone(),
+        image: d.image.clone(),
+        args: d.args.clone(),
+        env: d.env.clone(),
+        uid: d.uid,
+        gid: d.gid,
+        memory_mb: d.max_memory,
+        cpus: d.max_cpus,
+        network: network.to_owned(),
+        stdin: d.transport.is_stdio(),
+        session,
     }
 }
 

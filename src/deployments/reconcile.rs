@@ -12,6 +12,8 @@ use crate::domain::{Status, now_millis};
 pub struct Reconciled {
     /// Containers without a row, removed.
     pub orphan_containers: usize,
+    /// Per-session containers of isolated deployments, removed (sessions end with a restart).
+    pub session_containers: usize,
     /// Networks without a row, removed.
     pub orphan_networks: usize,
     /// Host users without a row, deleted.
@@ -49,7 +51,12 @@ impl Deployments {
 
         let rt = &self.inner.runtime;
         for c in rt.list_containers().await? {
-            if !known.contains(c.deployment_id.as_str()) {
+            if c.session.is_some() && known.contains(c.deployment_id.as_str()) {
+                // Sessions do not survive a restart; neither do their containers.
+                tracing::info!(deployment.id = %c.deployment_id, container.id = %c.id, "removing the container of a session that ended with the restart");
+                rt.remove_container(&c.id).await?;
+                report.session_containers += 1;
+            } else if !known.contains(c.deployment_id.as_str()) {
                 tracing::warn!(deployment.id = %c.deployment_id, container.id = %c.id, "removing a container that has no deployment");
                 rt.remove_container(&c.id).await?;
                 report.orphan_containers += 1;

@@ -28,6 +28,8 @@ pub const MANAGED_BY: &str = "mcp-runner";
 pub const LABEL_INSTANCE: &str = "mcp-runner.instance";
 /// Label with the deployment id the object belongs to.
 pub const LABEL_DEPLOYMENT: &str = "mcp-runner.deployment";
+/// Label with the MCP session a per-session container serves (isolated deployments).
+pub const LABEL_SESSION: &str = "mcp-runner.session";
 
 /// Errors of the runtime: one variant per operation, with the Docker or host error inside.
 #[derive(Debug, thiserror::Error)]

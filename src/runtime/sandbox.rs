@@ -10,7 +10,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::{LABEL_DEPLOYMENT, Runtime, RuntimeError, docker_err, object_name};
+use super::{LABEL_DEPLOYMENT, LABEL_SESSION, Runtime, RuntimeError, docker_err, object_name};
 
 /// What a deployment asks of its container.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct SandboxSpec {
     pub network: String,
     /// Keep stdin open (stdio servers).
     pub stdin: bool,
+    /// For a per-session container of an isolated deployment: the session id.
+    pub session: Option<String>,
 }
 
 /// Where a container is in its life.
@@ -55,6 +57,8 @@ pub struct ManagedContainer {
     pub id: String,
     /// Deployment it belongs to.
     pub deployment_id: String,
+    /// The session it serves, for per-session containers of isolated deployments.
+    pub session: Option<String>,
 }
 
 const MIB: i64 = 1024 * 1024;
@@ -115,7 +119,13 @@ impl Runtime {
             cmd: spec.args.clone(),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             user: Some(format!("{}:{}", spec.uid, spec.gid)),
-            labels: Some(self.labels(&spec.deployment_id)),
+            labels: Some({
+                let mut labels = self.labels(&spec.deployment_id);
+                if let Some(session) = &spec.session {
+                    labels.insert(LABEL_SESSION.to_owned(), session.clone());
+                }
+                labels
+            }),
             open_stdin: Some(spec.stdin),
             // Stdin stays open across attaches: the bridge may re-attach after a restart.
             stdin_once: Some(false),
@@ -131,9 +141,15 @@ impl Runtime {
     /// Creates the container of a sandbox; returns its id.
     pub async fn create_container(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
         let _permit = self.permit().await;
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&object_name(&spec.deployment_id))
-            .build();
+        let name = match &spec.session {
+            Some(session) => format!(
+                "{}-{}",
+                object_name(&spec.deployment_id),
+                session.get(..12).unwrap_or(session)
+            ),
+            None => object_name(&spec.deployment_id),
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
             .create_container(Some(options), self.container_config(spec))
@@ -228,9 +244,11 @@ impl Runtime {
         Ok(containers
             .into_iter()
             .filter_map(|c| {
+                let mut labels = c.labels?;
                 Some(ManagedContainer {
                     id: c.id?,
-                    deployment_id: c.labels?.remove(LABEL_DEPLOYMENT)?,
+                    deployment_id: labels.remove(LABEL_DEPLOYMENT)?,
+                    session: labels.remove(LABEL_SESSION),
                 })
             })
             .collect())

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::FromRow;
 
 use super::{Store, StoreError, query_err};
-use crate::domain::{Deployment, Millis, Status, Transport};
+use crate::domain::{Deployment, Millis, SessionMode, Status, Transport};
 
 /// A row as SQLite returns it.
 #[derive(Debug, FromRow)]
@@ -31,6 +31,7 @@ struct Row {
     delete_at: Option<i64>,
     created_at: i64,
     last_interaction_at: i64,
+    session_mode: String,
 }
 
 impl Row {
@@ -73,6 +74,8 @@ impl Row {
             env,
             metadata: json("metadata", &self.metadata)?,
             transport,
+            session_mode: SessionMode::parse(&self.session_mode)
+                .ok_or_else(|| corrupt(format!("unknown session mode {}", self.session_mode)))?,
             stderr: self.stderr,
             pause_after_seconds: self
                 .pause_after_seconds
@@ -109,7 +112,7 @@ macro_rules! columns {
     () => {
         "id, status, container_id, network_id, image, username, uid, gid, max_memory, \
          max_cpus, args, env, metadata, transport, stderr, pause_after_seconds, \
-         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at"
+         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at, session_mode"
     };
 }
 
@@ -125,7 +128,7 @@ impl Store {
         let result = sqlx::query(concat!(
             "INSERT INTO deployments (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&d.id)
         .bind(d.status.as_str())
@@ -148,6 +151,7 @@ impl Store {
         .bind(d.delete_at)
         .bind(d.created_at)
         .bind(d.last_interaction_at)
+        .bind(d.session_mode.as_str())
         .execute(&self.pool)
         .await;
         match result {

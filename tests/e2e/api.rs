@@ -71,6 +71,7 @@ async fn every_validation_rule_is_a_400_naming_the_field() {
             "deleteAfterSeconds",
         ),
         (stdio(json!({"autoStart": "yes"})), "autoStart"),
+        (stdio(json!({"sessionMode": "sometimes"})), "sessionMode"),
         (stdio(json!({"metadata": [1, 2]})), "metadata"),
         (
             stdio(json!({"metadata": {"big": "x".repeat(17_000)}})),

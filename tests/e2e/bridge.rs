@@ -474,3 +474,79 @@ async fn a_dropped_stream_is_replayed_from_last_event_id() {
     assert_eq!(answer["result"]["content"][0]["text"], "done");
     app.teardown().await;
 }
+
+async fn whoami(c: &Client) -> Value {
+    let text = c.call("whoami", json!({})).await.expect("whoami");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Containers of the sessions of deployment `id`.
+fn session_containers(id: &str) -> Vec<String> {
+    let filter = format!("label=mcp-runner.deployment={id}");
+    crate::support::docker::docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=mcp-runner.session",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test]
+async fn isolated_mode_gives_each_session_its_own_container() {
+    let app = TestApp::spawn().await;
+    for (name, fields) in upstreams().into_iter().filter(|(n, _)| *n != "sse") {
+        let mut fields = fields;
+        fields["sessionMode"] = json!("isolated");
+        fields["env"] = json!({"FIXTURE_NAME": "bridged"});
+        let d = app.create_fixture(fields).await;
+        assert_eq!(d["session_mode"], "isolated");
+        let id = d["id"].as_str().expect("id").to_owned();
+        assert!(
+            session_containers(&id).is_empty(),
+            "{name}: none before initialize"
+        );
+
+        let a = Client::streamable(&mcp_url(&app, &id), "a").await;
+        let b = Client::streamable(&mcp_url(&app, &id), "b").await;
+        assert_eq!(
+            session_containers(&id).len(),
+            2,
+            "{name}: one container per session"
+        );
+        let (wa, wb) = (whoami(&a).await, whoami(&b).await);
+        assert_ne!(
+            wa["hostname"], wb["hostname"],
+            "{name}: different containers"
+        );
+        assert_eq!(wa["uid"], d["uid"], "{name}: the deployment's user");
+        assert_eq!(wb["uid"], d["uid"], "{name}: the deployment's user");
+
+        a.close().await;
+        eventually(
+            &format!("{name}: first session's container removed"),
+            Duration::from_secs(20),
+            || async { (session_containers(&id).len() == 1).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            b.call("echo", json!({"text": "still here"}))
+                .await
+                .as_deref(),
+            Ok("still here")
+        );
+        b.close().await;
+        eventually(
+            &format!("{name}: second session's container removed"),
+            Duration::from_secs(20),
+            || async { session_containers(&id).is_empty().then_some(()) },
+        )
+        .await;
+        assert_eq!(app.delete(&id).await.0, 200);
+    }
+    app.teardown().await;
+}
