@@ -607,6 +607,161 @@ fn deliver_init(session: &Session, answer: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::session::{Front, SseEvent};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A fake stdio server: what the hub writes to stdin, and a way to write its stdout.
+    struct Fake {
+        stdin: tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
+        stdout: mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl Fake {
+        async fn read(&mut self) -> Value {
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.stdin.next_line())
+                    .await
+                    .expect("the hub wrote in time")
+                    .expect("read")
+                    .expect("a line");
+            serde_json::from_str(&line).expect("JSON")
+        }
+
+        /// Writes a message in two chunks, split mid-line, as Docker's frames may come.
+        fn write(&self, message: Value) {
+            let mut bytes = message.to_string().into_bytes();
+            bytes.push(b'\n');
+            let tail = bytes.split_off(bytes.len() / 2);
+            let _ = self.stdout.send(Bytes::from(bytes));
+            let _ = self.stdout.send(Bytes::from(tail));
+        }
+    }
+
+    fn hub() -> (Arc<StdioHub>, Fake) {
+        let (hub_side, fake_side) = tokio::io::duplex(1 << 16);
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
+        let stdout = futures_util::stream::unfold(out_rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(b), rx))
+        })
+        .boxed();
+        let attached = Attached {
+            stdout,
+            stdin: Box::pin(hub_side),
+        };
+        let hub = StdioHub::spawn("dp".into(), attached, 1 << 20, CancellationToken::new());
+        let fake = Fake {
+            stdin: BufReader::new(fake_side).lines(),
+            stdout: out_tx,
+        };
+        (hub, fake)
+    }
+
+    fn session(id: &str) -> (Arc<Session>, mpsc::Receiver<SseEvent>) {
+        let s = Session::new(id.into(), "dp".into(), Front::Streamable);
+        let get = s.open_get_stream(false).expect("get stream");
+        (s, get)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<SseEvent>) -> Value {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivered in time")
+            .expect("stream open");
+        serde_json::from_str(&e.data).expect("JSON")
+    }
+
+    fn init(id: Value, version: &str) -> Value {
+        json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":version,"capabilities":{},"clientInfo":{"name":"t","version":"0"}}})
+    }
+
+    #[tokio::test]
+    async fn one_process_many_sessions_ids_tokens_and_cancellation_are_mapped() {
+        let (hub, mut fake) = hub();
+        let (s1, _g1) = session("s1");
+        let (s2, _g2) = session("s2");
+        hub.join(s1.clone());
+        hub.join(s2.clone());
+
+        // The first initialize reaches the process with the hub's own id.
+        let mut r1 = s1.open_request_stream(jsonrpc::key(&json!("a")), false);
+        hub.send(s1.clone(), init(json!("a"), "2025-06-18"));
+        let sent = fake.read().await;
+        assert_eq!(sent["method"], "initialize");
+        assert_ne!(sent["id"], "a");
+        fake.write(json!({"jsonrpc":"2.0","id":sent["id"],"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"x","version":"1"}}}));
+        assert_eq!(next(&mut r1).await["id"], "a");
+        assert_eq!(s1.protocol_version().as_deref(), Some("2025-06-18"));
+
+        // A later session is answered from the cache; its initialized is not forwarded.
+        let mut r2 = s2.open_request_stream(jsonrpc::key(&json!(7)), false);
+        hub.send(s2.clone(), init(json!(7), "2025-11-25"));
+        let cached = next(&mut r2).await;
+        assert_eq!(cached["id"], 7);
+        assert_eq!(cached["result"]["protocolVersion"], "2025-06-18");
+        let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        hub.send(s1.clone(), initialized.clone());
+        hub.send(s2.clone(), initialized);
+        assert_eq!(fake.read().await["method"], "notifications/initialized");
+
+        // The same client id from two sessions becomes two upstream ids.
+        let mut c1 = s1.open_request_stream(jsonrpc::key(&json!(5)), false);
+        let mut c2 = s2.open_request_stream(jsonrpc::key(&json!(5)), false);
+        hub.send(s1.clone(), json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"slow","_meta":{"progressToken":"t"}}}));
+        hub.send(
+            s2.clone(),
+            json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo"}}),
+        );
+        let u1 = fake.read().await;
+        let u2 = fake.read().await;
+        assert_ne!(u1["id"], u2["id"]);
+        let token = u1["params"]["_meta"]["progressToken"].clone();
+        assert_ne!(token, "t");
+
+        // Progress goes to s1's request stream only, with s1's own token.
+        fake.write(json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":token,"progress":1}}));
+        let p = next(&mut c1).await;
+        assert_eq!(p["params"]["progressToken"], "t");
+
+        // A server request goes to the session with the oldest request in flight (s1) and
+        // only s1 may answer it.
+        fake.write(json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}}));
+        assert_eq!(next(&mut c1).await["method"], "sampling/createMessage");
+        hub.send(
+            s2.clone(),
+            json!({"jsonrpc":"2.0","id":0,"result":{"from":"s2"}}),
+        );
+        hub.send(
+            s1.clone(),
+            json!({"jsonrpc":"2.0","id":0,"result":{"from":"s1"}}),
+        );
+        assert_eq!(fake.read().await["result"]["from"], "s1");
+
+        // Cancellation names the upstream id.
+        hub.send(
+            s1.clone(),
+            json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}),
+        );
+        let cancel = fake.read().await;
+        assert_eq!(cancel["params"]["requestId"], u1["id"]);
+
+        // s2's answer comes back with s2's id.
+        fake.write(json!({"jsonrpc":"2.0","id":u2["id"],"result":{"ok":2}}));
+        let answer = next(&mut c2).await;
+        assert_eq!(
+            (answer["id"].clone(), answer["result"]["ok"].clone()),
+            (json!(5), json!(2))
+        );
+
+        // The process exits: s1's request still in flight gets an error; sessions end.
+        drop(fake);
+        let error = next(&mut c1).await;
+        assert_eq!(error["id"], 5);
+        assert_eq!(error["error"]["code"], code::SERVER_UNAVAILABLE);
+        tokio::time::timeout(std::time::Duration::from_secs(5), hub.ended.cancelled())
+            .await
+            .expect("hub ended");
+        assert!(s1.is_closed() && s2.is_closed());
+    }
 
     #[test]
     fn later_sessions_get_the_cached_result_or_a_clear_error() {
@@ -621,5 +776,32 @@ mod tests {
         assert_eq!(bogus["error"]["code"], code::INVALID_PARAMS);
         assert_eq!(bogus["error"]["data"]["supported"], json!(["2025-06-18"]));
         assert_eq!(bogus["id"], 4);
+    }
+
+    #[tokio::test]
+    async fn resource_updates_reach_subscribers_and_list_changes_everyone() {
+        let (hub, mut fake) = hub();
+        let (s1, mut g1) = session("s1");
+        let (s2, mut g2) = session("s2");
+        hub.join(s1.clone());
+        hub.join(s2.clone());
+        hub.send(s1.clone(), json!({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"test://x"}}));
+        let sub = fake.read().await;
+        fake.write(json!({"jsonrpc":"2.0","id":sub["id"],"result":{}}));
+        fake.write(json!({"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"test://x"}}));
+        fake.write(json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}));
+        assert_eq!(
+            next(&mut g1).await["method"],
+            "notifications/resources/updated"
+        );
+        assert_eq!(
+            next(&mut g1).await["method"],
+            "notifications/tools/list_changed"
+        );
+        assert_eq!(
+            next(&mut g2).await["method"],
+            "notifications/tools/list_changed"
+        );
+        assert!(g2.try_recv().is_err(), "s2 did not subscribe");
     }
 }
