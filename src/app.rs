@@ -27,6 +27,7 @@ use crate::deployments::{DeployError, Deployments};
 use crate::error::ApiError;
 use crate::runtime::{FailureKind, HostUsers, Runtime, RuntimeError, RuntimeSettings};
 use crate::store::Store;
+use crate::subnet::SubnetPool;
 
 /// Largest management request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -99,6 +100,9 @@ fn runtime_error(e: RuntimeError) -> ApiError {
         }
         (RuntimeError::UidsExhausted { .. }, _) => {
             ApiError::Unavailable(format!("{e}; delete deployments or widen UID_RANGE"))
+        }
+        (RuntimeError::SubnetsExhausted { .. }, _) => {
+            ApiError::Unavailable(format!("{e}; delete deployments or widen NETWORK_POOL"))
         }
         (_, FailureKind::Unreachable) => {
             ApiError::Unavailable(format!("Docker is unreachable: {e}"))
@@ -269,11 +273,19 @@ async fn start_up(
         tracker.clone(),
         root.clone(),
     );
+    let pool = match SubnetPool::parse(&config.network_pool, config.network_subnet_prefix) {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid network pool");
+            return;
+        }
+    };
     let deployments = Deployments::new(
         state.store().clone(),
         runtime,
         users,
         config.uid_range,
+        pool,
         stderr,
     );
     loop {

@@ -62,6 +62,14 @@ pub struct Config {
     #[arg(long, env = "UID_RANGE", default_value = "3000000-3099999", value_parser = parse_uid_range)]
     pub uid_range: UidRange,
 
+    /// Address pool of deployment networks; each gets one subnet of it.
+    #[arg(long, env = "NETWORK_POOL", default_value = "10.240.0.0/16")]
+    pub network_pool: String,
+
+    /// Prefix length of each deployment network's subnet (28: 16 addresses).
+    #[arg(long, env = "NETWORK_SUBNET_PREFIX", default_value_t = 28)]
+    pub network_subnet_prefix: u8,
+
     /// Memory limit in MB for deployments that do not set `maxMemory`; 0 means no limit.
     #[arg(long, env = "DEFAULT_MAX_MEMORY", default_value_t = 512)]
     pub default_max_memory: u64,
@@ -222,6 +230,8 @@ impl Config {
         {
             return Err("API_KEY must be at least 16 characters long".into());
         }
+        crate::subnet::SubnetPool::parse(&self.network_pool, self.network_subnet_prefix)
+            .map_err(|e| format!("NETWORK_POOL / NETWORK_SUBNET_PREFIX: {e}"))?;
         if self.dns_servers.is_empty() {
             return Err("DNS_SERVERS must name at least one server".into());
         }

@@ -126,6 +126,8 @@ pub struct Deployment {
     pub container_id: Option<String>,
     /// Docker network id, once made.
     pub network_id: Option<String>,
+    /// The network's subnet, from the network pool.
+    pub subnet: Option<String>,
     /// Image reference.
     pub image: String,
     /// Host user name.

@@ -15,4 +15,5 @@ pub mod error;
 pub mod reaper;
 pub mod runtime;
 pub mod store;
+pub mod subnet;
 pub mod telemetry;

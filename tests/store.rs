@@ -10,6 +10,7 @@ fn deployment(id: &str, uid: u32) -> Deployment {
         status: Status::Creating,
         container_id: None,
         network_id: None,
+        subnet: Some("10.240.0.16/28".to_owned()),
         image: "img:1".to_owned(),
         username: format!("mcp-{id}"),
         uid,

@@ -16,6 +16,7 @@ use crate::config::UidRange;
 use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
 use crate::runtime::{HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
 use crate::store::{Store, StoreError};
+use crate::subnet::SubnetPool;
 use stderr::StderrHub;
 
 /// Grace period between SIGTERM and SIGKILL when a container is stopped.
@@ -86,6 +87,7 @@ struct Inner {
     runtime: Runtime,
     users: HostUsers,
     uid_range: UidRange,
+    pool: SubnetPool,
     stderr: StderrHub,
 }
 
@@ -96,6 +98,7 @@ impl Deployments {
         runtime: Runtime,
         users: HostUsers,
         uid_range: UidRange,
+        pool: SubnetPool,
         stderr: StderrHub,
     ) -> Self {
         Deployments {
@@ -106,6 +109,7 @@ impl Deployments {
                 runtime,
                 users,
                 uid_range,
+                pool,
                 stderr,
             }),
         }
@@ -137,6 +141,7 @@ impl Deployments {
             status: Status::Creating,
             container_id: None,
             network_id: None,
+            subnet: None,
             image: req.image,
             uid: 0,
             gid: 0,
@@ -156,7 +161,7 @@ impl Deployments {
             last_interaction_at: now,
         };
         (d.pause_at, d.delete_at) = d.deadlines();
-        self.insert_with_uid(&mut d).await?;
+        self.insert_with_ids(&mut d).await?;
         tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, "creating deployment");
 
         match self.build(&d, req.auto_start).await {
@@ -191,11 +196,18 @@ impl Deployments {
         }
     }
 
-    /// Picks a free UID (not in a row, not on the host) and inserts the row with it. The
-    /// UNIQUE constraint settles races between concurrent creates: the loser picks again.
-    async fn insert_with_uid(&self, d: &mut Deployment) -> Result<(), DeployError> {
+    /// Picks a free UID (not in a row, not on the host) and a free subnet of the network
+    /// pool, and inserts the row with them. UNIQUE constraints settle races between
+    /// concurrent creates: the loser picks again.
+    async fn insert_with_ids(&self, d: &mut Deployment) -> Result<(), DeployError> {
         let range = self.inner.uid_range;
+        let pool = self.inner.pool;
         for _ in 0..16 {
+            let used: HashSet<String> =
+                self.inner.store.used_subnets().await?.into_iter().collect();
+            d.subnet = Some(pool.pick(&used).ok_or(RuntimeError::SubnetsExhausted {
+                pool: pool.to_string(),
+            })?);
             let mut used = self.inner.users.used_ids().await?;
             used.extend(self.inner.store.used_uids().await?);
             let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
@@ -206,7 +218,7 @@ impl Deployments {
             d.gid = uid;
             match self.inner.store.insert(d).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Taken("uid")) => continue,
+                Err(StoreError::Taken("uid" | "subnet")) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -223,7 +235,7 @@ impl Deployments {
         // Independent steps run together: a pull can take long, the rest is quick.
         let (image, network, user) = tokio::join!(
             rt.ensure_image(&d.image),
-            rt.create_network(&d.id),
+            rt.create_network(&d.id, d.subnet.as_deref()),
             self.inner.users.create(&d.username, d.uid, &d.id),
         );
         image?;

@@ -63,6 +63,12 @@ pub enum RuntimeError {
         /// What the command said.
         reason: String,
     },
+    /// Every subnet of the network pool is taken.
+    #[error("the network pool {pool} is exhausted: every subnet is in use")]
+    SubnetsExhausted {
+        /// The pool.
+        pool: String,
+    },
     /// Every UID of the configured range is taken.
     #[error("the UID range {first}-{last} is exhausted")]
     UidsExhausted {
@@ -96,7 +102,9 @@ impl RuntimeError {
                 not_found: true, ..
             } => FailureKind::NotFound,
             RuntimeError::Pull { .. } => FailureKind::Rejected,
-            RuntimeError::User { .. } | RuntimeError::UidsExhausted { .. } => FailureKind::Host,
+            RuntimeError::User { .. }
+            | RuntimeError::UidsExhausted { .. }
+            | RuntimeError::SubnetsExhausted { .. } => FailureKind::Host,
         }
     }
 

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use bollard::models::NetworkCreateRequest;
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+
+use crate::subnet::SubnetPool;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
 use super::{LABEL_DEPLOYMENT, Runtime, RuntimeError, docker_err, object_name};
@@ -17,13 +19,27 @@ pub struct ManagedNetwork {
 }
 
 impl Runtime {
-    /// Creates the bridge network of a deployment; returns its id.
-    pub async fn create_network(&self, deployment_id: &str) -> Result<String, RuntimeError> {
+    /// Creates the bridge network of a deployment, on `subnet` when given (else from
+    /// Docker's default pools); returns its id.
+    pub async fn create_network(
+        &self,
+        deployment_id: &str,
+        subnet: Option<&str>,
+    ) -> Result<String, RuntimeError> {
         let _permit = self.permit().await;
         let request = NetworkCreateRequest {
             name: object_name(deployment_id),
             driver: Some("bridge".to_owned()),
             labels: Some(self.labels(deployment_id)),
+            ipam: subnet.map(|s| Ipam {
+                driver: Some("default".to_owned()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(s.to_owned()),
+                    gateway: SubnetPool::gateway(s),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
             options: Some(HashMap::from([(
                 // The container must not reach other containers on its network.
                 "com.docker.network.bridge.enable_icc".to_owned(),

@@ -32,6 +32,7 @@ struct Row {
     created_at: i64,
     last_interaction_at: i64,
     session_mode: String,
+    subnet: Option<String>,
 }
 
 impl Row {
@@ -61,6 +62,7 @@ impl Row {
                 .ok_or_else(|| corrupt(format!("unknown status {}", self.status)))?,
             container_id: self.container_id,
             network_id: self.network_id,
+            subnet: self.subnet,
             image: self.image,
             username: self.username,
             uid: uid32(self.uid, "uid")?,
@@ -112,7 +114,8 @@ macro_rules! columns {
     () => {
         "id, status, container_id, network_id, image, username, uid, gid, max_memory, \
          max_cpus, args, env, metadata, transport, stderr, pause_after_seconds, \
-         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at, session_mode"
+         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at, session_mode, \
+         subnet"
     };
 }
 
@@ -128,7 +131,7 @@ impl Store {
         let result = sqlx::query(concat!(
             "INSERT INTO deployments (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&d.id)
         .bind(d.status.as_str())
@@ -152,6 +155,7 @@ impl Store {
         .bind(d.created_at)
         .bind(d.last_interaction_at)
         .bind(d.session_mode.as_str())
+        .bind(&d.subnet)
         .execute(&self.pool)
         .await;
         match result {
@@ -160,6 +164,8 @@ impl Store {
                 let msg = e.message();
                 Err(StoreError::Taken(if msg.contains("uid") {
                     "uid"
+                } else if msg.contains("subnet") {
+                    "subnet"
                 } else if msg.contains("username") {
                     "username"
                 } else {
@@ -207,6 +213,14 @@ impl Store {
             .into_iter()
             .filter_map(|u| u32::try_from(u).ok())
             .collect())
+    }
+
+    /// Every subnet held by a row.
+    pub async fn used_subnets(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT subnet FROM deployments WHERE subnet IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list subnets"))
     }
 
     /// Records the container and network of a freshly made deployment and its status.

@@ -217,3 +217,26 @@ async fn concurrent_creates_get_distinct_uids_and_users() {
     assert_eq!(app.list().await.len(), 6);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn more_deployments_than_dockers_default_address_pools_hold() {
+    // Docker's default pools give about 30 bridge networks; the peer's 31st create failed.
+    let app = TestApp::spawn().await;
+    fixture_image().await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let batch = (0..8).map(|_| app.create_fixture(json!({"autoStart": false})));
+        made.extend(futures_util::future::join_all(batch).await);
+    }
+    let mut subnets: Vec<String> = made
+        .iter()
+        .map(|d| {
+            let n = inspect("network", s(&d["network_id"]));
+            s(&n["IPAM"]["Config"][0]["Subnet"]).to_owned()
+        })
+        .collect();
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), 40, "40 networks, each on its own subnet");
+    app.teardown().await;
+}
