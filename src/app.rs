@@ -119,24 +119,13 @@ pub struct Server {
     config: Config,
     root: CancellationToken,
     tracker: TaskTracker,
-    runtime: Runtime,
 }
 
 impl Server {
-    /// Opens the database and the Docker client and builds the router. Docker need not be up.
+    /// Opens the database and builds the router. Docker need not be up: the connection is
+    /// made (and retried) when serving starts.
     pub async fn build(config: Config, api_key: String) -> anyhow::Result<Server> {
         let store = Store::open(&config.db_path).await?;
-        let runtime = Runtime::connect(
-            config.docker_host.as_deref(),
-            RuntimeSettings {
-                oci_runtime: config.docker_runtime.clone(),
-                dns: config.dns_servers.iter().map(ToString::to_string).collect(),
-                pids_limit: config.pids_limit,
-                log_max_mb: config.container_log_max_mb,
-                instance_id: config.instance_id.clone(),
-            },
-            config.docker_concurrency,
-        )?;
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let limits = Limits {
             min_idle_seconds: config.min_idle_seconds,
@@ -160,7 +149,6 @@ impl Server {
             config,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            runtime,
         })
     }
 
@@ -187,11 +175,9 @@ impl Server {
             config,
             root,
             tracker,
-            runtime,
         } = self;
         tracker.spawn(start_up(
             state.clone(),
-            runtime,
             config.clone(),
             root.clone(),
             tracker.clone(),
@@ -236,16 +222,28 @@ impl Server {
 }
 
 /// Waits for Docker, reconciles, then starts the reaper. Retries while Docker is unreachable.
-async fn start_up(
-    state: AppState,
-    runtime: Runtime,
-    config: Config,
-    root: CancellationToken,
-    tracker: TaskTracker,
-) {
+async fn start_up(state: AppState, config: Config, root: CancellationToken, tracker: TaskTracker) {
+    let settings = RuntimeSettings {
+        oci_runtime: config.docker_runtime.clone(),
+        dns: config.dns_servers.iter().map(ToString::to_string).collect(),
+        pids_limit: config.pids_limit,
+        log_max_mb: config.container_log_max_mb,
+        instance_id: config.instance_id.clone(),
+    };
     let mut delay = Duration::from_millis(250);
     let runtime = loop {
-        match runtime.clone().negotiate().await {
+        // The client is made anew each time: bollard refuses a socket path that does not
+        // exist yet, which is how a daemon that is still starting looks.
+        let connected = Runtime::connect(
+            config.docker_host.as_deref(),
+            settings.clone(),
+            config.docker_concurrency,
+        );
+        let negotiated = match connected {
+            Ok(rt) => rt.negotiate().await,
+            Err(e) => Err(e),
+        };
+        match negotiated {
             Ok(rt) => break rt,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not answering yet");

@@ -86,12 +86,22 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Whether the database answers a write (used by readiness checks).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA user_version")
-            .execute(&self.pool)
+    /// Whether the database takes a write lock (used by the readiness probe); nothing is
+    /// written.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
             .await
-            .map_err(query_err("ping"))?;
+            .map_err(query_err("get a connection"))?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("take the write lock"))?;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("release the write lock"))?;
         Ok(())
     }
 

@@ -258,3 +258,41 @@ async fn committed_openapi_document_is_what_the_server_serves() {
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn probes_report_liveness_and_readiness() {
+    let http = reqwest::Client::new();
+    let get = |app: &TestApp, path: &'static str| http.get(format!("{}{path}", app.url)).send();
+    let app = TestApp::spawn().await;
+    let (status, body) = json_of(get(&app, "/healthz").await.expect("send")).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, body) = json_of(get(&app, "/readyz").await.expect("send")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ok", "checks": {"database": "ok", "docker": "ok", "startup": "ok"}})
+    );
+    app.teardown().await;
+
+    // Docker unreachable: alive, not ready, and the failing part is named.
+    let app = TestApp::spawn_with(crate::support::Options {
+        args: vec![
+            "--docker-host".into(),
+            "unix:///nonexistent/docker.sock".into(),
+        ],
+        wait_ready: false,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(get(&app, "/healthz").await.expect("send").status(), 200);
+    let (status, body) = json_of(get(&app, "/readyz").await.expect("send")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_ne!(body["checks"]["startup"], "ok");
+    let (status, body) = app
+        .create(&json!({"image": "x", "transport": {"type": "stdio"}}))
+        .await;
+    assert_eq!(status, 503, "the API says it is starting: {body}");
+    let (instance, db, _dir) = app.stop().await;
+    crate::support::assert_nothing_left(&instance, &db).await;
+}
