@@ -156,7 +156,9 @@ impl Bridge {
     /// Ends sessions of deleted or paused deployments, and idle sessions.
     async fn watch(self: Arc<Self>) {
         let mut events = self.deployments.subscribe();
-        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        let every = (self.config.session_idle / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut sweep = tokio::time::interval(every);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => break,

@@ -550,3 +550,29 @@ async fn isolated_mode_gives_each_session_its_own_container() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn idle_sessions_expire() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        args: vec!["--session-idle-seconds".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let sid = raw_session(&app, &id).await;
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 200);
+    // Each look is itself traffic, so look less often than the idle limit: the session
+    // must expire in a gap between two looks.
+    let mut expired = false;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        if post(&app, &id, Some(&sid), &list).await.status() == 404 {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the idle session expired");
+    app.teardown().await;
+}
