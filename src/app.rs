@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use axum::http::{Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
@@ -192,6 +193,13 @@ impl Server {
         };
         let addr = listener.local_addr().context("listener address")?;
         tracing::info!(%addr, "mcp-runner listening");
+        // No Nagle: SSE answers are written in several small pieces, and waiting for the
+        // client's delayed ACK before the next one adds ~40 ms to every streamed answer.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
