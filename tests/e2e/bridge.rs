@@ -576,3 +576,48 @@ async fn idle_sessions_expire() {
     assert!(expired, "the idle session expired");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_clients_authorization_reaches_http_upstreams() {
+    let app = TestApp::spawn().await;
+    for (name, fields) in upstreams().into_iter().filter(|(n, _)| *n != "stdio") {
+        let d = app.create_fixture(fields).await;
+        let id = d["id"].as_str().expect("id").to_owned();
+        let send = |body: Value, sid: Option<String>| {
+            let mut req = app
+                .http
+                .post(mcp_url(&app, &id))
+                .header("accept", ACCEPT_BOTH)
+                .header("authorization", "Bearer secret-token")
+                .json(&body);
+            if let Some(s) = sid {
+                req = req.header("mcp-session-id", s);
+            }
+            req.send()
+        };
+        let resp = send(init_body(1), None).await.expect("initialize");
+        assert_eq!(resp.status(), 200, "{name}");
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("session")
+            .to_owned();
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        assert_eq!(
+            send(note, Some(sid.clone())).await.expect("note").status(),
+            202
+        );
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "auth_header", "arguments": {}}});
+        let resp = send(call, Some(sid)).await.expect("call");
+        let events = read_events(resp, |d| d.contains("\"result\"")).await;
+        let answer: Value = serde_json::from_str(&events.last().expect("answer").1).expect("json");
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "Bearer secret-token",
+            "{name}: {answer}"
+        );
+        assert_eq!(app.delete(&id).await.0, 200);
+    }
+    app.teardown().await;
+}
