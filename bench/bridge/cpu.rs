@@ -1,0 +1,183 @@
+//! CPU time by component, from `/proc`: the benchmark's client threads, the in-process
+//! mcp-runner's threads, dockerd, containerd, the containers' shims and gVisor sandboxes, and
+//! everything else on the machine (compilers of other people, for instance). Tick resolution
+//! (10 ms) is plenty over thousands of calls.
+
+use std::ops::Sub;
+use std::process::Command;
+
+use crate::setup::SERVER_THREADS;
+
+/// Name prefix of the benchmark client's runtime threads.
+pub const CLIENT_THREADS: &str = "bench-client";
+
+/// The groups, in display order.
+pub const GROUPS: [&str; 7] = [
+    "client", "server", "dockerd", "contnrd", "shims", "gvisor", "other",
+];
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
+const DOCKERD: usize = 2;
+const CONTAINERD: usize = 3;
+const SHIM: usize = 4;
+const GVISOR: usize = 5;
+const OTHER: usize = 6;
+
+/// Clock ticks per group, plus the machine's busy ticks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu {
+    ticks: [u64; GROUPS.len()],
+    busy: u64,
+}
+
+impl Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        let mut out = Cpu {
+            ticks: [0; GROUPS.len()],
+            busy: self.busy.saturating_sub(earlier.busy),
+        };
+        for (i, t) in out.ticks.iter_mut().enumerate() {
+            *t = self.ticks[i].saturating_sub(earlier.ticks[i]);
+        }
+        let known: u64 = out.ticks[..OTHER].iter().sum();
+        out.ticks[OTHER] = out.busy.saturating_sub(known);
+        out
+    }
+}
+
+impl std::ops::AddAssign for Cpu {
+    fn add_assign(&mut self, other: Cpu) {
+        for (t, o) in self.ticks.iter_mut().zip(other.ticks) {
+            *t += o;
+        }
+        self.busy += other.busy;
+    }
+}
+
+/// Reads CPU time of the parts of the call path.
+#[derive(Debug, Clone)]
+pub struct CpuProbe {
+    containers: Vec<String>,
+    tick_us: f64,
+}
+
+impl CpuProbe {
+    /// A probe that counts the shims and sandboxes of `containers` (Docker ids).
+    pub fn new(containers: Vec<String>) -> CpuProbe {
+        let hz = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|hz| *hz > 0.0)
+            .unwrap_or(100.0);
+        CpuProbe {
+            containers,
+            tick_us: 1e6 / hz,
+        }
+    }
+
+    /// CPU time so far.
+    pub fn snapshot(&self) -> Cpu {
+        let mut cpu = Cpu::default();
+        for (tid, comm) in entries("/proc/self/task") {
+            let group = if comm.starts_with(CLIENT_THREADS) {
+                CLIENT
+            } else if comm.starts_with(SERVER_THREADS) {
+                SERVER
+            } else {
+                continue;
+            };
+            cpu.ticks[group] += ticks(&format!("/proc/self/task/{tid}/stat"));
+        }
+        let me = std::process::id().to_string();
+        for (pid, comm) in entries("/proc") {
+            if pid == me {
+                continue;
+            }
+            let group = match comm.as_str() {
+                "dockerd" => DOCKERD,
+                "containerd" => CONTAINERD,
+                c if c.starts_with("containerd-shim") || c == "exe" || c.starts_with("runsc") => {
+                    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    if !self
+                        .containers
+                        .iter()
+                        .any(|id| cmdline.contains(id.as_str()))
+                    {
+                        continue;
+                    }
+                    if c.starts_with("containerd-shim") {
+                        SHIM
+                    } else {
+                        GVISOR
+                    }
+                }
+                _ => continue,
+            };
+            cpu.ticks[group] += ticks(&format!("/proc/{pid}/stat"));
+        }
+        cpu.busy = busy_ticks();
+        cpu
+    }
+
+    /// Microseconds of CPU per call, by group, and in all.
+    pub fn per_call(&self, cpu: &Cpu, calls: usize) -> ([f64; GROUPS.len()], f64) {
+        let n = calls.max(1) as f64;
+        let mut out = [0.0; GROUPS.len()];
+        for (o, t) in out.iter_mut().zip(cpu.ticks) {
+            *o = t as f64 * self.tick_us / n;
+        }
+        (out, cpu.busy as f64 * self.tick_us / n)
+    }
+}
+
+/// `(name, comm)` of the numeric entries of a `/proc` directory.
+fn entries(dir: &str) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|n| {
+            let comm = std::fs::read_to_string(format!("{dir}/{n}/comm")).ok()?;
+            Some((n, comm.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// utime + stime of a `stat` file.
+fn ticks(path: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// Busy ticks of all CPUs (everything but idle and iowait).
+fn busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    v.iter().take(8).sum::<u64>().saturating_sub(idle)
+}

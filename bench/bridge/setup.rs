@@ -1,0 +1,424 @@
+//! What the benchmark stands on: the host check, the fixture image, the direct container, the
+//! in-process mcp-runner and its deployment, and the clean-up of all of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use mcp_runner::app::{AppState, Server};
+use mcp_runner::config::Config;
+use mcp_runner::runtime::{Attached, Runtime, RuntimeSettings, SandboxSpec};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Tag of the benchmark's fixture image (not the tests' tag: both may build at once).
+pub const FIXTURE_IMAGE: &str = "mcp-runner-bench-fixture:latest";
+/// API key of the in-process server.
+const API_KEY: &str = "bench-key-0123456789abcdef";
+/// Prefix of the benchmark's instance ids: `bench-<pid>-<random>`.
+const INSTANCE_PREFIX: &str = "bench-";
+/// Memory and CPU limits of both containers (the same for the direct and the bridged one).
+pub const MEMORY_MB: u64 = 256;
+/// CPU limit of both containers, in cores.
+pub const CPUS: f64 = 1.0;
+
+/// Fails with a clear message unless this runs as root with Docker and gVisor.
+pub fn preflight() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    if euid != "0" {
+        bail!(
+            "the bridge benchmark must run as root (mcp-runner creates host users and drives the \
+             Docker socket); run it as root, e.g. `sudo -E cargo bench --bench bridge`"
+        );
+    }
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .map_err(|e| anyhow!("cannot run the docker CLI ({e}); install Docker with ./setup.sh"))?;
+    if !out.status.success() {
+        bail!(
+            "Docker does not answer ({}); start it with ./setup.sh",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if !String::from_utf8_lossy(&out.stdout).contains("\"runsc\"") {
+        bail!("Docker has no `runsc` runtime; install gVisor with ./setup.sh");
+    }
+    Ok(())
+}
+
+/// A fresh instance id.
+pub fn instance_id(role: &str) -> String {
+    let r: u32 = rand::random();
+    format!("{INSTANCE_PREFIX}{}-{r:08x}-{role}", std::process::id())
+}
+
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("run docker")?;
+    if !out.status.success() {
+        bail!(
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether an instance id names a benchmark whose process is gone.
+fn abandoned(instance: &str) -> bool {
+    let Some(rest) = instance.strip_prefix(INSTANCE_PREFIX) else {
+        return false;
+    };
+    let pid = rest.split('-').next().unwrap_or("");
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes containers, networks and host users that interrupted benchmark runs left.
+pub fn sweep_leftovers() {
+    for (list, remove) in [
+        (vec!["ps", "-a"], vec!["rm", "-f"]),
+        (vec!["network", "ls"], vec!["network", "rm"]),
+    ] {
+        let mut args = list.clone();
+        args.extend([
+            "--filter",
+            "label=managed-by=mcp-runner",
+            "--format",
+            "{{.ID}} {{.Label \"mcp-runner.instance\"}}",
+        ]);
+        let Ok(out) = docker(&args) else { continue };
+        for (id, instance) in out.lines().filter_map(|l| l.split_once(' ')) {
+            if abandoned(instance) {
+                eprintln!("removing {id} left by an interrupted run ({instance})");
+                let mut rm = remove.clone();
+                rm.push(id);
+                let _ = docker(&rm);
+            }
+        }
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        let instance = f
+            .get(4)
+            .and_then(|c| c.strip_prefix("mcp-runner/"))
+            .and_then(|c| c.split('/').next());
+        if instance.is_some_and(abandoned) {
+            eprintln!("removing host user {} left by an interrupted run", f[0]);
+            let _ = Command::new("userdel").arg(f[0]).output();
+            let _ = Command::new("groupdel").arg(f[0]).output();
+        }
+    }
+}
+
+/// Builds the fixture server as a static binary (as the e2e tests do) and packs it
+/// `FROM scratch` into `FIXTURE_IMAGE`.
+pub fn build_fixture() -> anyhow::Result<()> {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // A target directory of its own: the static flags must not invalidate the main build,
+    // and the cargo that runs the benchmark keeps its own directory locked.
+    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-fixture-build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let triple = "x86_64-unknown-linux-gnu";
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--locked",
+            "-p",
+            "mcp-fixture",
+            "--target",
+            triple,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .status()
+        .context("run cargo build for the fixture")?;
+    if !status.success() {
+        bail!("building the fixture server failed");
+    }
+    let binary = target_dir.join(triple).join("release").join("mcp-fixture");
+    let context = tempfile::tempdir().context("build context")?;
+    std::fs::copy(&binary, context.path().join("mcp-fixture")).context("copy the fixture")?;
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY mcp-fixture /mcp-fixture\nENTRYPOINT [\"/mcp-fixture\"]\nCMD [\"stdio\"]\n",
+    )
+    .context("write the Dockerfile")?;
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", FIXTURE_IMAGE])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .context("run docker build")?;
+    if !out.status.success() {
+        bail!(
+            "docker build of the fixture image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The direct container: the same sandbox settings as a deployment, made with mcp-runner's
+// own runtime code, attached by the benchmark itself.
+
+/// A fixture container under runsc, attached and started.
+pub struct DirectContainer {
+    runtime: Runtime,
+    /// Docker id.
+    pub id: String,
+    follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DirectContainer {
+    /// Creates, attaches and starts the container; returns it with its attachment. With
+    /// `follow_stderr`, its stderr is followed through Docker's logs API as mcp-runner does
+    /// for every deployment (to tell that follower's cost apart).
+    pub async fn start(
+        instance: &str,
+        follow_stderr: bool,
+    ) -> anyhow::Result<(DirectContainer, Attached)> {
+        let runtime = Runtime::connect(
+            None,
+            RuntimeSettings {
+                oci_runtime: "runsc".to_owned(),
+                dns: vec!["8.8.8.8".to_owned()],
+                pids_limit: 256,
+                log_max_mb: 10,
+                instance_id: instance.to_owned(),
+            },
+            4,
+        )?
+        .negotiate()
+        .await?;
+        let spec = SandboxSpec {
+            deployment_id: instance.to_owned(),
+            image: FIXTURE_IMAGE.to_owned(),
+            args: None,
+            env: BTreeMap::new(),
+            uid: 65534,
+            gid: 65534,
+            memory_mb: Some(MEMORY_MB),
+            cpus: Some(CPUS),
+            // stdio needs no network.
+            network: "none".to_owned(),
+            stdin: true,
+            session: None,
+        };
+        let id = runtime.create_container(&spec).await?;
+        let mut container = DirectContainer {
+            runtime,
+            id,
+            follower: None,
+        };
+        let attached = match container.runtime.attach_stdio(&container.id).await {
+            Ok(a) => a,
+            Err(e) => {
+                container.remove().await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = container.runtime.start_container(&container.id).await {
+            container.remove().await;
+            return Err(e.into());
+        }
+        if follow_stderr {
+            let logs = container.runtime.follow_stderr(&container.id, 0);
+            container.follower = Some(tokio::spawn(async move {
+                let mut logs = std::pin::pin!(logs);
+                while let Some(Ok(_)) = logs.next().await {}
+            }));
+        }
+        Ok((container, attached))
+    }
+
+    /// Stops and removes the container.
+    pub async fn remove(&self) {
+        if let Some(f) = &self.follower {
+            f.abort();
+        }
+        if let Err(e) = self.runtime.stop_container(&self.id, 5).await {
+            eprintln!("stopping the direct container failed: {e}");
+        }
+        if let Err(e) = self.runtime.remove_container(&self.id).await {
+            eprintln!("removing the direct container failed: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The in-process mcp-runner.
+
+/// A real mcp-runner serving on 127.0.0.1 from a runtime and threads of its own.
+pub struct RunnerServer {
+    /// Base URL.
+    pub url: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Name prefix of the server's runtime threads (the CPU accounting looks for it).
+pub const SERVER_THREADS: &str = "mcpr-server";
+
+impl RunnerServer {
+    /// Starts the server and waits until Docker answered and reconciliation finished.
+    /// With `nodelay`, the listening socket gets `TCP_NODELAY`, which Linux copies to the
+    /// connections it accepts (mcp-runner itself leaves Nagle's algorithm on).
+    pub async fn start(
+        instance: &str,
+        worker_threads: usize,
+        nodelay: bool,
+    ) -> anyhow::Result<RunnerServer> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let db = dir.path().join("app.db");
+        let args = [
+            "mcp-runner",
+            "--api-key",
+            API_KEY,
+            "--db-path",
+            db.to_str().context("utf-8 temp path")?,
+            "--instance-id",
+            instance,
+        ];
+        let config = Config::try_parse_from(args).context("server configuration")?;
+        config.validate().map_err(|e| anyhow!(e))?;
+        type Started = (SocketAddr, AppState, CancellationToken);
+        let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<Started>>();
+        let thread = std::thread::Builder::new()
+            .name(format!("{SERVER_THREADS}-main"))
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(worker_threads)
+                    .thread_name(SERVER_THREADS)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let built = async {
+                        let socket = tokio::net::TcpSocket::new_v4()?;
+                        socket.set_nodelay(nodelay)?;
+                        socket.bind(([127, 0, 0, 1], 0).into())?;
+                        let listener = socket.listen(1024)?;
+                        let addr = listener.local_addr()?;
+                        let server = Server::build(config, API_KEY.to_owned()).await?;
+                        anyhow::Ok((listener, addr, server))
+                    };
+                    match built.await {
+                        Ok((listener, addr, server)) => {
+                            let _ = tx.send(Ok((addr, server.state(), server.shutdown_token())));
+                            server.serve(listener, std::future::pending()).await
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(anyhow!("{e:#}")));
+                            Err(e)
+                        }
+                    }
+                })
+            })
+            .context("spawn the server thread")?;
+        let (addr, state, stop) = rx.await.context("the server thread ended")??;
+        let server = RunnerServer {
+            url: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            stop,
+            thread: Some(thread),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !state.is_ready() {
+            if Instant::now() > deadline {
+                bail!("mcp-runner did not become ready within 60 s (Docker, reconciliation)");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(server)
+    }
+
+    /// Creates a stdio deployment of the fixture image; returns its id and container id.
+    pub async fn create_deployment(&self) -> anyhow::Result<(String, String)> {
+        let resp = self
+            .http
+            .post(format!("{}/api/deployment", self.url))
+            .header("x-api-key", API_KEY)
+            .json(&json!({
+                "image": FIXTURE_IMAGE,
+                "transport": {"type": "stdio"},
+                "maxMemory": MEMORY_MB,
+                "maxCpus": CPUS,
+                "pauseAfterSeconds": 3600,
+                "deleteAfterSeconds": 7200,
+                // The bridge starts it on the first session (attached before the start).
+                "autoStart": false
+            }))
+            .send()
+            .await
+            .context("POST /api/deployment")?;
+        let status = resp.status();
+        let body: Value = resp.json().await.context("create answer")?;
+        if status.as_u16() != 201 {
+            bail!("creating the deployment failed ({status}): {body}");
+        }
+        let field = |name: &str| {
+            body.pointer(&format!("/deployment/{name}"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("no {name} in {body}"))
+        };
+        Ok((field("id")?, field("container_id")?))
+    }
+
+    /// The Streamable HTTP URL of a deployment.
+    pub fn mcp_url(&self, deployment: &str) -> String {
+        format!("{}/mcp-server/{deployment}/mcp", self.url)
+    }
+
+    /// Deletes a deployment through the API.
+    pub async fn delete_deployment(&self, id: &str) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .delete(format!("{}/api/deployment/{id}", self.url))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await
+            .context("DELETE /api/deployment")?;
+        if !resp.status().is_success() {
+            bail!("deleting {id} failed: {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// Stops the server gracefully and waits for its thread.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .context("join")?
+                .map_err(|_| anyhow!("the server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
