@@ -18,10 +18,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -297,27 +295,59 @@ fn check_protocol_header(headers: &HeaderMap) -> Result<(), Reject> {
 }
 
 fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
-    Sse::new(sse_body(rx, ()))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    sse_stream(rx, ())
+}
+
+/// An SSE response written by hand (axum's `Event` cannot write the empty `data:` line of a
+/// priming event), with keep-alive comments while idle. `guard` lives as long as the body:
+/// it is dropped when the client goes away.
+fn sse_stream<G: Send + 'static>(rx: mpsc::Receiver<SseEvent>, guard: G) -> Response {
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.reset();
+    let body = futures_util::stream::unfold(
+        (rx, guard, keep_alive),
+        |(mut rx, guard, mut keep_alive)| async move {
+            let bytes = tokio::select! {
+                e = rx.recv() => frame(&e?),
+                _ = keep_alive.tick() => Bytes::from_static(b":\n\n"),
+            };
+            keep_alive.reset();
+            Some((Ok::<_, Infallible>(bytes), (rx, guard, keep_alive)))
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
         .into_response()
 }
 
-/// The SSE body of a stream; `guard` lives as long as the body (dropped when the client goes).
-fn sse_body<G: Send + 'static>(
-    rx: mpsc::Receiver<SseEvent>,
-    guard: G,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        let e = rx.recv().await?;
-        let mut event = Event::default();
-        if let Some(id) = &e.id {
-            event = event.id(id);
+/// One SSE event. An event without data is a priming event: its id lets the client resume
+/// before any message came, and `retry` tells it how soon to reconnect.
+fn frame(e: &SseEvent) -> Bytes {
+    let mut out = String::with_capacity(e.data.len() + 48);
+    if let Some(id) = &e.id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    if e.data.is_empty() {
+        out.push_str("retry: 3000\ndata: \n\n");
+    } else {
+        out.push_str("event: ");
+        out.push_str(e.event);
+        out.push('\n');
+        for line in e.data.split('\n') {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
         }
-        if !e.data.is_empty() {
-            event = event.event(e.event).data(&*e.data);
-        }
-        Some((Ok(event), (rx, guard)))
-    })
+        out.push('\n');
+    }
+    Bytes::from(out)
 }
 
 /// Whether the answer to a request goes on an SSE stream: whenever progress, log messages
@@ -509,9 +539,7 @@ async fn sse_get(
         bridge: bridge.clone(),
         link,
     };
-    Ok(Sse::new(sse_body(rx, guard))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+    Ok(sse_stream(rx, guard))
 }
 
 /// Query of the legacy message endpoint.
@@ -570,6 +598,25 @@ mod tests {
             &headers(&[("accept", "text/html")]),
             "application/json"
         ));
+    }
+
+    #[test]
+    fn sse_frames() {
+        let msg = SseEvent {
+            id: Some("2_5".into()),
+            event: "message",
+            data: std::sync::Arc::from("{\"a\":1}"),
+        };
+        assert_eq!(
+            &frame(&msg)[..],
+            b"id: 2_5\nevent: message\ndata: {\"a\":1}\n\n"
+        );
+        let prime = SseEvent {
+            id: Some("2_0".into()),
+            event: "message",
+            data: std::sync::Arc::from(""),
+        };
+        assert_eq!(&frame(&prime)[..], b"id: 2_0\nretry: 3000\ndata: \n\n");
     }
 
     #[test]

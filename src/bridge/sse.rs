@@ -22,6 +22,7 @@ pub struct Parser {
     id: Option<String>,
     max_event: usize,
     oversized: bool,
+    retry: Option<u64>,
 }
 
 impl Parser {
@@ -31,6 +32,16 @@ impl Parser {
             max_event,
             ..Parser::default()
         }
+    }
+
+    /// The last `retry` the stream asked for, in milliseconds.
+    pub fn retry(&self) -> Option<u64> {
+        self.retry
+    }
+
+    /// The last event id seen (also of events without data).
+    pub fn last_id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 
     /// Feeds bytes; returns the events they completed.
@@ -88,6 +99,7 @@ impl Parser {
                 }
             }
             "id" if !value.contains('\0') => self.id = Some(value),
+            "retry" => self.retry = value.parse().ok().or(self.retry),
             _ => {}
         }
         None
@@ -113,6 +125,10 @@ mod tests {
         assert_eq!(real[0].data, "/msg?s=1");
         assert_eq!(real[1].data, "{\"a\":\n1}");
         assert_eq!(real[1].id.as_deref(), Some("1/2"));
+        let mut p = Parser::new(1 << 20);
+        p.push(input);
+        assert_eq!(p.retry(), Some(3000));
+        assert_eq!(p.last_id(), Some("1/2"));
     }
 
     #[test]

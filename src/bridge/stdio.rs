@@ -66,6 +66,7 @@ impl StdioHub {
             init: Init::None,
             initialized_sent: false,
             subscriptions: HashMap::new(),
+            capabilities: HashMap::new(),
             last_speaker: None,
             stdin: None,
         };
@@ -130,6 +131,8 @@ struct Hub {
     init: Init,
     initialized_sent: bool,
     subscriptions: HashMap<String, HashSet<String>>,
+    /// The capabilities each session declared in its own `initialize`.
+    capabilities: HashMap<String, Value>,
     last_speaker: Option<String>,
     stdin: Option<mpsc::UnboundedSender<Bytes>>,
 }
@@ -291,7 +294,13 @@ impl Hub {
         }
     }
 
-    fn initialize(&mut self, session: &Arc<Session>, message: Value) {
+    fn initialize(&mut self, session: &Arc<Session>, mut message: Value) {
+        let declared = message
+            .get("params")
+            .and_then(|p| p.get("capabilities"))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        self.capabilities.insert(session.id.clone(), declared);
         let client_id = jsonrpc::id(&message).cloned().unwrap_or(Value::Null);
         let requested = message
             .get("params")
@@ -308,7 +317,19 @@ impl Hub {
             Init::None => {
                 self.next_id += 1;
                 let our_id = self.next_id;
-                let mut message = message;
+                // The process is initialized once for every session to come: it is told the
+                // client side can do everything the bridge can route, and requests for a
+                // capability the chosen session did not declare are refused by the hub.
+                if let Some(caps) = message
+                    .get_mut("params")
+                    .and_then(|p| p.get_mut("capabilities"))
+                    .and_then(Value::as_object_mut)
+                {
+                    caps.entry("sampling").or_insert_with(|| json!({}));
+                    caps.entry("elicitation").or_insert_with(|| json!({}));
+                    caps.entry("roots")
+                        .or_insert_with(|| json!({"listChanged": true}));
+                }
                 jsonrpc::set_id(&mut message, json!(our_id));
                 self.init = Init::InFlight {
                     upstream_id: our_id,
@@ -335,7 +356,26 @@ impl Hub {
                 let Some(id) = jsonrpc::id(&message).cloned() else {
                     return;
                 };
+                let needs = required_capability(jsonrpc::method(&message).unwrap_or(""));
                 match self.pick_session() {
+                    Some((session, _))
+                        if needs.is_some_and(|cap| {
+                            self.capabilities
+                                .get(&session.id)
+                                .is_none_or(|c| c.get(cap).is_none())
+                        }) =>
+                    {
+                        let cap = needs.unwrap_or_default();
+                        let error = jsonrpc::error_response(
+                            id,
+                            code::METHOD_NOT_FOUND,
+                            &format!(
+                                "the client session this request belongs to did not declare the `{cap}` capability"
+                            ),
+                            None,
+                        );
+                        self.write(&error);
+                    }
                     Some((session, related)) => {
                         self.server_requests
                             .insert(jsonrpc::key(&id), session.id.clone());
@@ -505,6 +545,7 @@ impl Hub {
 
     fn leave(&mut self, session_id: &str) {
         self.sessions.remove(session_id);
+        self.capabilities.remove(session_id);
         for subs in self.subscriptions.values_mut() {
             subs.remove(session_id);
         }
@@ -565,6 +606,16 @@ impl Hub {
         }
         self.pending.clear();
         self.sessions.clear();
+    }
+}
+
+/// The client capability a server request needs.
+fn required_capability(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
     }
 }
 
@@ -671,7 +722,7 @@ mod tests {
     }
 
     fn init(id: Value, version: &str) -> Value {
-        json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":version,"capabilities":{},"clientInfo":{"name":"t","version":"0"}}})
+        json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":version,"capabilities":{"sampling":{}},"clientInfo":{"name":"t","version":"0"}}})
     }
 
     #[tokio::test]
@@ -776,6 +827,33 @@ mod tests {
         assert_eq!(bogus["error"]["code"], code::INVALID_PARAMS);
         assert_eq!(bogus["error"]["data"]["supported"], json!(["2025-06-18"]));
         assert_eq!(bogus["id"], 4);
+    }
+
+    #[tokio::test]
+    async fn server_requests_need_the_chosen_sessions_capability() {
+        let (hub, mut fake) = hub();
+        let (s1, _g1) = session("s1");
+        hub.join(s1.clone());
+        let mut r = s1.open_request_stream(jsonrpc::key(&json!(1)), false);
+        let mut bare = init(json!(1), "2025-06-18");
+        bare["params"]["capabilities"] = json!({});
+        hub.send(s1.clone(), bare);
+        let sent = fake.read().await;
+        // The process hears every capability the bridge can route.
+        assert!(sent["params"]["capabilities"]["sampling"].is_object());
+        assert!(sent["params"]["capabilities"]["roots"].is_object());
+        fake.write(json!({"jsonrpc":"2.0","id":sent["id"],"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"x","version":"1"}}}));
+        next(&mut r).await;
+        hub.send(
+            s1.clone(),
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{}}),
+        );
+        fake.read().await;
+        // s1 declared no sampling: the hub refuses on its behalf.
+        fake.write(json!({"jsonrpc":"2.0","id":"q","method":"sampling/createMessage","params":{}}));
+        let refusal = fake.read().await;
+        assert_eq!(refusal["id"], "q");
+        assert_eq!(refusal["error"]["code"], code::METHOD_NOT_FOUND);
     }
 
     #[tokio::test]

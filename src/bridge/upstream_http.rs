@@ -133,7 +133,8 @@ impl StreamableUpstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            relay_stream(resp, &session, request_key.as_deref(), &self.closed).await;
+            self.relay_until_answered(resp, &session, request_key.as_deref(), &message)
+                .await;
         } else {
             match resp.json::<Value>().await {
                 Ok(answer) => {
@@ -144,6 +145,56 @@ impl StreamableUpstream {
                     "the MCP server in the container sent invalid JSON: {e}"
                 )),
             }
+        }
+    }
+
+    /// Relays a request's SSE answer. A server may end the connection before the response
+    /// (2025-11-25 "polling"): then the stream is resumed with a GET carrying the last event
+    /// id, after the `retry` it asked for, a few times; without an id to resume from the
+    /// client gets an error instead of waiting for ever.
+    async fn relay_until_answered(
+        &self,
+        resp: reqwest::Response,
+        session: &Session,
+        related: Option<&str>,
+        message: &Value,
+    ) {
+        let mut parser = sse::Parser::new(MAX_EVENT);
+        if relay_stream(resp, session, related, &self.closed, &mut parser).await {
+            return;
+        }
+        for _ in 0..5 {
+            if self.closed.is_cancelled() || session.is_closed() {
+                return;
+            }
+            let Some(last_id) = parser.last_id().map(str::to_owned) else {
+                break;
+            };
+            let wait = Duration::from_millis(parser.retry().unwrap_or(500).min(2000));
+            tokio::time::sleep(wait).await;
+            let resumed = self
+                .request(reqwest::Method::GET, session)
+                .header(ACCEPT, "text/event-stream")
+                .header("last-event-id", last_id)
+                .send()
+                .await;
+            match resumed {
+                Ok(r) if r.status().is_success() => {
+                    if relay_stream(r, session, related, &self.closed, &mut parser).await {
+                        return;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let (Some(key), Some(id)) = (related, jsonrpc::id(message)) {
+            let error = jsonrpc::error_response(
+                id.clone(),
+                code::SERVER_UNAVAILABLE,
+                "the MCP server in the container ended its stream without an answer",
+                None,
+            );
+            session.deliver(&error, Some(key));
         }
     }
 
@@ -165,7 +216,8 @@ impl StreamableUpstream {
                 .await;
             match resp {
                 Ok(r) if r.status().is_success() => {
-                    relay_stream(r, &session, None, &this.closed).await;
+                    let mut parser = sse::Parser::new(MAX_EVENT);
+                    relay_stream(r, &session, None, &this.closed, &mut parser).await;
                 }
                 // 405: the server offers no GET stream; nothing to relay.
                 _ => {}
@@ -187,29 +239,36 @@ impl StreamableUpstream {
     }
 }
 
-/// Relays an upstream SSE response to the session, each message with `related`.
+/// Relays an upstream SSE response to the session, each message with `related`. Returns
+/// whether the response to `related` came (or the session ended, so no more is wanted).
 async fn relay_stream(
     resp: reqwest::Response,
     session: &Session,
     related: Option<&str>,
     closed: &CancellationToken,
-) {
-    let mut parser = sse::Parser::new(MAX_EVENT);
+    parser: &mut sse::Parser,
+) -> bool {
     let mut body = resp.bytes_stream();
     loop {
         let chunk = tokio::select! {
-            () = closed.cancelled() => return,
-            () = session.closed.cancelled() => return,
+            () = closed.cancelled() => return true,
+            () = session.closed.cancelled() => return true,
             c = body.next() => c,
         };
-        let Some(Ok(bytes)) = chunk else { return };
+        let Some(Ok(bytes)) = chunk else { return false };
         for event in parser.push(&bytes) {
             if event.data.is_empty() {
-                continue; // a priming event
+                continue; // a priming event (its id is kept by the parser)
             }
             if let Ok(message) = serde_json::from_str::<Value>(&event.data) {
                 note_version(session, &message);
+                let answered = related.is_some()
+                    && matches!(jsonrpc::classify(&message), Ok(Kind::Response))
+                    && jsonrpc::id(&message).map(jsonrpc::key).as_deref() == related;
                 session.deliver(&message, related);
+                if answered {
+                    return true;
+                }
             }
         }
     }
