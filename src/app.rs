@@ -185,10 +185,16 @@ impl Server {
         ));
 
         let stop = root.clone();
+        let streams = state.clone();
         let signal = async move {
             tokio::select! {
                 () = shutdown => {}
                 () = stop.cancelled() => {}
+            }
+            // MCP streams stay open until the client hangs up: end them, or the graceful
+            // shutdown would wait for ever (and `docker stop` would kill us).
+            if let Some(bridge) = streams.bridge() {
+                bridge.close_all();
             }
         };
         let addr = listener.local_addr().context("listener address")?;

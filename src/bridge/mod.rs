@@ -148,6 +148,15 @@ impl Bridge {
         bridge
     }
 
+    /// Ends every session (shutdown): their open streams end, so the HTTP server can finish
+    /// its connections instead of waiting for clients that never hang up.
+    pub fn close_all(&self) {
+        let links: Vec<Link> = lock(&self.sessions).values().cloned().collect();
+        for link in links {
+            self.end_session(&link);
+        }
+    }
+
     /// The bridge's settings.
     pub fn config(&self) -> &BridgeConfig {
         &self.config

@@ -621,3 +621,30 @@ async fn the_clients_authorization_reaches_http_upstreams() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn open_streams_do_not_hold_up_a_graceful_shutdown() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        args: vec!["--cleanup-on-shutdown".into()],
+        ..Default::default()
+    })
+    .await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let sid = raw_session(&app, &id).await;
+    let get = app
+        .http
+        .get(mcp_url(&app, &id))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .expect("get stream");
+    assert_eq!(get.status(), 200);
+    let legacy = Client::legacy(&sse_url(&app, &id), "t").await;
+    let (instance, db, _dir) = tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("shutdown finished although streams were open");
+    drop((get, legacy));
+    crate::support::assert_nothing_left(&instance, &db).await;
+}
