@@ -286,13 +286,7 @@ pub const SERVER_THREADS: &str = "mcpr-server";
 
 impl RunnerServer {
     /// Starts the server and waits until Docker answered and reconciliation finished.
-    /// With `nodelay`, the listening socket gets `TCP_NODELAY`, which Linux copies to the
-    /// connections it accepts (mcp-runner itself leaves Nagle's algorithm on).
-    pub async fn start(
-        instance: &str,
-        worker_threads: usize,
-        nodelay: bool,
-    ) -> anyhow::Result<RunnerServer> {
+    pub async fn start(instance: &str, worker_threads: usize) -> anyhow::Result<RunnerServer> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let db = dir.path().join("app.db");
         let args = [
@@ -318,10 +312,7 @@ impl RunnerServer {
                     .build()?;
                 rt.block_on(async move {
                     let built = async {
-                        let socket = tokio::net::TcpSocket::new_v4()?;
-                        socket.set_nodelay(nodelay)?;
-                        socket.bind(([127, 0, 0, 1], 0).into())?;
-                        let listener = socket.listen(1024)?;
+                        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                         let addr = listener.local_addr()?;
                         let server = Server::build(config, API_KEY.to_owned()).await?;
                         anyhow::Ok((listener, addr, server))
