@@ -182,6 +182,25 @@ impl Deployment {
     }
 }
 
+/// A random free item among `count` (item `i` is `nth(i)`), or `None` when all are `taken`.
+/// Random probes first, so that concurrent allocations rarely collide; a crowded set is then
+/// scanned from a random point.
+pub fn pick_free<T>(count: u64, nth: impl Fn(u64) -> T, taken: impl Fn(&T) -> bool) -> Option<T> {
+    use rand::Rng;
+    if count == 0 {
+        return None;
+    }
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let candidate = nth(rng.random_range(0..count));
+        if !taken(&candidate) {
+            return Some(candidate);
+        }
+    }
+    let start = rng.random_range(0..count);
+    (start..count).chain(0..start).map(nth).find(|c| !taken(c))
+}
+
 /// Upper bound of the stderr kept per deployment.
 pub const STDERR_LIMIT: usize = 64 * 1024;
 

@@ -74,19 +74,11 @@ impl SubnetPool {
     /// Picks a free subnet: random, so that concurrent creates rarely collide (the unique
     /// index settles it when they do).
     pub fn pick(&self, used: &std::collections::HashSet<String>) -> Option<String> {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        for _ in 0..64 {
-            let s = self.subnet(rng.random_range(0..self.len()));
-            if !used.contains(&s) {
-                return Some(s);
-            }
-        }
-        let start = rng.random_range(0..self.len());
-        (start..self.len())
-            .chain(0..start)
-            .map(|i| self.subnet(i))
-            .find(|s| !used.contains(s))
+        crate::domain::pick_free(
+            u64::from(self.len()),
+            |i| self.subnet(i as u32),
+            |s| used.contains(s),
+        )
     }
 }
 

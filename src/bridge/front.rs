@@ -73,9 +73,14 @@ impl IntoResponse for Reject {
     }
 }
 
-/// The upstream stopped between looking the session up and sending to it.
-fn not_running() -> Reject {
-    BridgeError::Upstream("the MCP server process is not running".into()).into()
+/// Sends a client message upstream; 502 when the upstream stopped between looking the
+/// session up and sending to it.
+fn forward(link: &Link, message: Value) -> Result<(), Reject> {
+    if link.send(message) {
+        Ok(())
+    } else {
+        Err(BridgeError::Upstream("the MCP server process is not running".into()).into())
+    }
 }
 
 fn rpc_error(status: StatusCode, code: i64, message: &str) -> Reject {
@@ -124,14 +129,17 @@ impl From<BridgeError> for Reject {
     }
 }
 
-fn bridge(state: &AppState) -> Result<Arc<Bridge>, Reject> {
-    state.bridge().ok_or_else(|| {
+/// The bridge, for a request whose `Origin` is allowed; 503 while starting.
+fn bridge(state: &AppState, headers: &HeaderMap) -> Result<Arc<Bridge>, Reject> {
+    let bridge = state.bridge().ok_or_else(|| {
         rpc_error(
             StatusCode::SERVICE_UNAVAILABLE,
             code::SERVER_UNAVAILABLE,
             "mcp-runner is starting: waiting for Docker",
         )
-    })
+    })?;
+    check_origin(headers, &bridge.config().allowed_origins)?;
+    Ok(bridge)
 }
 
 /// DNS-rebinding protection: a present `Origin` must be a loopback origin or one of the
@@ -378,8 +386,7 @@ async fn mcp_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Reject> {
-    let bridge = bridge(&state)?;
-    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let bridge = bridge(&state, &headers)?;
     if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
         return Err(rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -402,9 +409,9 @@ async fn mcp_post(
         let auth = headers.get(header::AUTHORIZATION).cloned();
         let link = bridge.open(&id, Front::Streamable, auth).await?;
         let rx = link.session.expect_json(jsonrpc::key(&rpc_id));
-        if !link.send(message) {
+        if let Err(e) = forward(&link, message) {
             bridge.end_session(&link);
-            return Err(not_running());
+            return Err(e);
         }
         let answer = json_answer(&link, rx, &rpc_id).await;
         let mut resp = Json(&answer).into_response();
@@ -421,9 +428,7 @@ async fn mcp_post(
     let link = streamable_session(&bridge, &id, &headers)?;
     match kind {
         Kind::Notification | Kind::Response => {
-            if !link.send(message) {
-                return Err(not_running());
-            }
+            forward(&link, message)?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Kind::Request => {
@@ -435,15 +440,11 @@ async fn mcp_post(
                     .protocol_version()
                     .is_some_and(|v| version::primes_streams(&v));
                 let rx = link.session.open_request_stream(key, prime);
-                if !link.send(message) {
-                    return Err(not_running());
-                }
+                forward(&link, message)?;
                 Ok(sse_response(rx))
             } else {
                 let rx = link.session.expect_json(key);
-                if !link.send(message) {
-                    return Err(not_running());
-                }
+                forward(&link, message)?;
                 Ok(Json(json_answer(&link, rx, &rpc_id).await).into_response())
             }
         }
@@ -455,8 +456,7 @@ async fn mcp_get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Reject> {
-    let bridge = bridge(&state)?;
-    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let bridge = bridge(&state, &headers)?;
     if !accepts(&headers, "text/event-stream") {
         return Err(rpc_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -502,8 +502,7 @@ async fn mcp_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Reject> {
-    let bridge = bridge(&state)?;
-    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let bridge = bridge(&state, &headers)?;
     let link = streamable_session(&bridge, &id, &headers)?;
     bridge.end_session(&link);
     Ok(StatusCode::OK.into_response())
@@ -526,8 +525,7 @@ async fn sse_get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Reject> {
-    let bridge = bridge(&state)?;
-    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let bridge = bridge(&state, &headers)?;
     let auth = headers.get(header::AUTHORIZATION).cloned();
     let link = bridge.open(&id, Front::Legacy, auth).await?;
     let endpoint = format!(
@@ -556,14 +554,11 @@ async fn sse_post(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Reject> {
-    let bridge = bridge(&state)?;
-    check_origin(&headers, &bridge.config().allowed_origins)?;
+    let bridge = bridge(&state, &headers)?;
     let link = find_session(&bridge, &id, query.session_id, "sessionId query parameter")?;
     let (message, _kind) = read_message(&headers, body)?;
     bridge.touch(&id);
-    if !link.send(message) {
-        return Err(not_running());
-    }
+    forward(&link, message)?;
     Ok((StatusCode::ACCEPTED, "Accepted").into_response())
 }
 

@@ -9,7 +9,6 @@ pub use reconcile::Reconciled;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use rand::Rng;
 use rand::seq::IndexedRandom;
 
 use crate::config::UidRange;
@@ -522,20 +521,13 @@ pub fn new_id() -> String {
     id
 }
 
-/// A random free UID of the range: random so that concurrent creates rarely collide.
+/// A random free UID of the range.
 fn pick_uid(range: UidRange, used: &HashSet<u32>) -> Option<u32> {
-    let mut rng = rand::rng();
-    for _ in 0..64 {
-        let candidate = rng.random_range(range.first..=range.last);
-        if !used.contains(&candidate) {
-            return Some(candidate);
-        }
-    }
-    // A crowded range: scan from a random point.
-    let start = rng.random_range(range.first..=range.last);
-    (start..=range.last)
-        .chain(range.first..start)
-        .find(|uid| !used.contains(uid))
+    crate::domain::pick_free(
+        range.len(),
+        |i| range.first + i as u32,
+        |uid| used.contains(uid),
+    )
 }
 
 #[cfg(test)]
