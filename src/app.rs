@@ -300,9 +300,9 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
         pool,
         stderr,
     );
-    loop {
+    let reconciled = loop {
         match deployments.reconcile().await {
-            Ok(_) => break,
+            Ok(report) => break report,
             Err(e) => {
                 tracing::warn!(error = %e, "reconciliation failed; retrying");
                 tokio::select! {
@@ -312,7 +312,7 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    };
     let bridge = Bridge::new(
         deployments.clone(),
         BridgeConfig {
@@ -324,6 +324,7 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
         },
         root.child_token(),
     );
+    tracker.spawn(bridge.clone().restart_stdio(reconciled.stdio_to_restart));
     let _ = state.bridge.set(bridge);
     if state.deployments.set(deployments.clone()).is_err() {
         return;

@@ -195,7 +195,7 @@ pub struct Direct {
 impl Direct {
     /// A client on an attachment; runs `initialize` and `notifications/initialized`.
     pub async fn connect(attached: Attached) -> anyhow::Result<Arc<Direct>> {
-        let Attached { stdout, stdin } = attached;
+        let Attached { stdout, stdin, .. } = attached;
         let waiting: Waiters = Arc::default();
         let reader = tokio::spawn(read_stdout(stdout, waiting.clone()));
         let client = Arc::new(Direct {

@@ -21,9 +21,7 @@
 //! `BENCH_MAX_SECONDS` (10: a side's case stops early after this long, warm-up after a fifth
 //! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8`),
 //! `BENCH_PAYLOAD_KB` (`1,64,1024`; empty: none), `BENCH_PAYLOAD_MB` (32 MB per payload
-//! size), `BENCH_ONLY` (`direct` or `bridge`, for profiling), `BENCH_DIRECT_STDERR` (`1`:
-//! the direct container's stderr is followed through Docker's logs API, as mcp-runner does
-//! for each deployment, so that the baseline carries that cost too), `BENCH_LOG` (log filter to
+//! size), `BENCH_ONLY` (`direct` or `bridge`, for profiling), `BENCH_LOG` (log filter to
 //! stderr; without it the server logs at `info`, as by default, into a sink).
 
 mod client;
@@ -50,7 +48,6 @@ struct Options {
     payload_kb: Vec<u64>,
     payload_bytes: u64,
     max_time: Duration,
-    follow_stderr: bool,
     direct: bool,
     bridge: bool,
 }
@@ -97,7 +94,6 @@ impl Options {
             payload_kb: env_list("BENCH_PAYLOAD_KB", "1,64,1024")?,
             payload_bytes: env_or::<u64>("BENCH_PAYLOAD_MB", 32)? * 1_000_000,
             max_time: Duration::from_secs_f64(env_or("BENCH_MAX_SECONDS", 10.0)?),
-            follow_stderr: std::env::var("BENCH_DIRECT_STDERR").is_ok_and(|v| v == "1"),
             direct,
             bridge,
         };
@@ -178,8 +174,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
     let outcome = {
         let work = async {
             let t = Instant::now();
-            let (c, attached) =
-                DirectContainer::start(&setup::instance_id("d"), opts.follow_stderr).await?;
+            let (c, attached) = DirectContainer::start(&setup::instance_id("d")).await?;
             let c = container.insert(c);
             let s = RunnerServer::start(&setup::instance_id("s"), cores).await?;
             let s = server.insert(s);
@@ -421,11 +416,6 @@ impl Report {
             opts.warmup,
             opts.rounds
         );
-        if opts.follow_stderr {
-            println!(
-                "BENCH_DIRECT_STDERR=1: the direct container's stderr is followed through the logs API, as for a deployment"
-            );
-        }
         println!();
         println!(
             "{:<22} {:>4} {:>7} {:>10} {:>9} {:>9} {:>11}",

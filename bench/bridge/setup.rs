@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
-use futures_util::StreamExt;
 use mcp_runner::app::{AppState, Server};
 use mcp_runner::config::Config;
 use mcp_runner::runtime::{Attached, Runtime, RuntimeSettings, SandboxSpec};
@@ -189,17 +188,11 @@ pub struct DirectContainer {
     runtime: Runtime,
     /// Docker id.
     pub id: String,
-    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DirectContainer {
-    /// Creates, attaches and starts the container; returns it with its attachment. With
-    /// `follow_stderr`, its stderr is followed through Docker's logs API as mcp-runner does
-    /// for every deployment (to tell that follower's cost apart).
-    pub async fn start(
-        instance: &str,
-        follow_stderr: bool,
-    ) -> anyhow::Result<(DirectContainer, Attached)> {
+    /// Creates, attaches and starts the container; returns it with its attachment.
+    pub async fn start(instance: &str) -> anyhow::Result<(DirectContainer, Attached)> {
         let runtime = Runtime::connect(
             None,
             RuntimeSettings {
@@ -228,11 +221,7 @@ impl DirectContainer {
             session: None,
         };
         let id = runtime.create_container(&spec).await?;
-        let mut container = DirectContainer {
-            runtime,
-            id,
-            follower: None,
-        };
+        let container = DirectContainer { runtime, id };
         let attached = match container.runtime.attach_stdio(&container.id).await {
             Ok(a) => a,
             Err(e) => {
@@ -244,21 +233,11 @@ impl DirectContainer {
             container.remove().await;
             return Err(e.into());
         }
-        if follow_stderr {
-            let logs = container.runtime.follow_stderr(&container.id, 0);
-            container.follower = Some(tokio::spawn(async move {
-                let mut logs = std::pin::pin!(logs);
-                while let Some(Ok(_)) = logs.next().await {}
-            }));
-        }
         Ok((container, attached))
     }
 
     /// Stops and removes the container.
     pub async fn remove(&self) {
-        if let Some(f) = &self.follower {
-            f.abort();
-        }
         if let Err(e) = self.runtime.stop_container(&self.id, 5).await {
             eprintln!("stopping the direct container failed: {e}");
         }

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deployments::{DeployError, Deployments, Lifecycle};
 use crate::domain::{Deployment, SessionMode, Transport, now_millis};
+use crate::runtime::Attached;
+use futures_util::StreamExt;
 use session::{Front, Session};
 use stdio::StdioHub;
 use upstream_http::{SseUpstream, StreamableUpstream};
@@ -145,6 +147,14 @@ impl Bridge {
             stop,
         });
         tokio::spawn(bridge.clone().watch());
+        let owner = Arc::downgrade(&bridge);
+        bridge
+            .deployments
+            .set_stdio_owner(Box::new(move |d, attached| {
+                if let Some(bridge) = owner.upgrade() {
+                    bridge.adopt(d, attached);
+                }
+            }));
         bridge
     }
 
@@ -327,25 +337,12 @@ impl Bridge {
         if let Some(hub) = lock(&self.hubs).get(&d.id).filter(|h| h.is_alive()) {
             return Ok(hub.clone());
         }
-        let container = d
-            .container_id
-            .clone()
-            .ok_or(BridgeError::UnknownDeployment)?;
-        let rt = self.deployments.runtime();
-        if rt
-            .container_state(&container)
-            .await
-            .map_err(DeployError::from)?
-            .is_some_and(|s| s.running)
-        {
-            self.deployments.stop_container(d).await?;
-        }
-        // Attach before starting: nothing the process writes first is lost.
-        let attached = rt
-            .attach_stdio(&container)
-            .await
-            .map_err(DeployError::from)?;
-        self.deployments.start(&d.id).await?;
+        let attached = self.deployments.start_stdio(d).await?;
+        Ok(self.adopt(d, attached))
+    }
+
+    /// Takes over the stdio of a deployment's process started attached: its hub.
+    fn adopt(&self, d: &Deployment, attached: Attached) -> Arc<StdioHub> {
         let hub = StdioHub::spawn(
             d.id.clone(),
             attached,
@@ -353,7 +350,26 @@ impl Bridge {
             self.stop.child_token(),
         );
         lock(&self.hubs).insert(d.id.clone(), hub.clone());
-        Ok(hub)
+        hub
+    }
+
+    /// Restarts, attached, the stdio processes that ran before mcp-runner restarted (see
+    /// `Reconciled::stdio_to_restart`), a few at a time.
+    pub async fn restart_stdio(self: Arc<Self>, ids: Vec<String>) {
+        futures_util::stream::iter(ids)
+            .for_each_concurrent(4, |id| {
+                let bridge = self.clone();
+                async move {
+                    let started = match bridge.deployments.get(&id).await {
+                        Ok(d) => bridge.stdio_hub(&d).await.map(drop),
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = started {
+                        tracing::warn!(deployment.id = %id, error = %e, "cannot restart the stdio process after the restart of mcp-runner");
+                    }
+                }
+            })
+            .await;
     }
 
     /// The upstream of one session of an isolated deployment: a container of its own.

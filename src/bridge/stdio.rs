@@ -146,7 +146,9 @@ impl Hub {
         stop: CancellationToken,
         ended: CancellationToken,
     ) {
-        let Attached { mut stdout, stdin } = attached;
+        let Attached {
+            mut stdout, stdin, ..
+        } = attached;
         // A writer task of its own: a server that stops reading stdin must not stop us from
         // reading its stdout (that would deadlock both).
         let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Bytes>();
@@ -698,6 +700,7 @@ mod tests {
         let attached = Attached {
             stdout,
             stdin: Box::pin(hub_side),
+            stderr: futures_util::stream::empty().boxed(),
         };
         let hub = StdioHub::spawn("dp".into(), attached, 1 << 20, CancellationToken::new());
         let fake = Fake {

@@ -9,11 +9,12 @@ pub use reconcile::Reconciled;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use rand::seq::IndexedRandom;
 
 use crate::config::UidRange;
 use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
-use crate::runtime::{HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
+use crate::runtime::{Attached, HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
 use crate::store::{Store, StoreError};
 use crate::subnet::SubnetPool;
 use stderr::StderrHub;
@@ -88,7 +89,12 @@ struct Inner {
     uid_range: UidRange,
     pool: SubnetPool,
     stderr: StderrHub,
+    /// Who takes the stdin and stdout of a stdio process started here (the bridge).
+    stdio_owner: std::sync::OnceLock<StdioOwner>,
 }
+
+/// Takes over the stdio pipes of a deployment's freshly started process.
+pub type StdioOwner = Box<dyn Fn(&Deployment, Attached) + Send + Sync>;
 
 impl Deployments {
     /// The service over `store` and `runtime`, following stderr through `stderr`.
@@ -110,8 +116,15 @@ impl Deployments {
                 uid_range,
                 pool,
                 stderr,
+                stdio_owner: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets who takes the stdio pipes of processes started by a create (once; later calls
+    /// are ignored).
+    pub fn set_stdio_owner(&self, owner: StdioOwner) {
+        let _ = self.inner.stdio_owner.set(owner);
     }
 
     /// Deployment life-cycle events (deletions, pauses).
@@ -163,7 +176,7 @@ impl Deployments {
         self.insert_with_ids(&mut d).await?;
         tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, "creating deployment");
 
-        match self.build(&d, req.auto_start).await {
+        match self.build(&mut d, req.auto_start).await {
             Ok((container_id, network_id)) => {
                 d.status = if req.auto_start && d.session_mode == SessionMode::Shared {
                     Status::Running
@@ -182,7 +195,17 @@ impl Deployments {
                     return Err(e.into());
                 }
                 if d.status == Status::Running {
-                    self.follow(&d, 0);
+                    if d.transport.is_stdio() {
+                        // Started attached, so that the bridge owns its stdio from the
+                        // first byte and needs no restart on the first request.
+                        if let Err(e) = self.start_owned_stdio(&d).await {
+                            tracing::warn!(deployment.id = %d.id, error = %e, "start failed; undoing the create");
+                            self.undo(&d).await;
+                            return Err(e);
+                        }
+                    } else {
+                        self.follow(&d, 0);
+                    }
                 }
                 tracing::info!(deployment.id = %d.id, status = d.status.as_str(), "deployment created");
                 Ok(d)
@@ -229,24 +252,69 @@ impl Deployments {
     }
 
     /// Makes the image, network, user and container; returns (container id, network id).
-    async fn build(&self, d: &Deployment, start: bool) -> Result<(String, String), DeployError> {
+    async fn build(
+        &self,
+        d: &mut Deployment,
+        start: bool,
+    ) -> Result<(String, String), DeployError> {
         let rt = &self.inner.runtime;
         // Independent steps run together: a pull can take long, the rest is quick.
         let (image, network, user) = tokio::join!(
             rt.ensure_image(&d.image),
-            rt.create_network(&d.id, d.subnet.as_deref()),
+            self.create_network(d),
             self.inner.users.create(&d.username, d.uid, &d.id),
         );
         image?;
         user?;
-        let network_id = network?;
+        let (network_id, subnet) = network?;
+        d.subnet = subnet;
         let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
         // An isolated deployment's own container is the template of its sessions' containers
         // and never runs itself.
-        if start && d.session_mode == SessionMode::Shared {
+        // A stdio process is started attached once its row is recorded (`create`).
+        if start && d.session_mode == SessionMode::Shared && !d.transport.is_stdio() {
             rt.start_container(&container_id).await?;
         }
         Ok((container_id, network_id))
+    }
+
+    /// Creates the deployment's network on its subnet; returns the network id and the
+    /// subnet. A subnet that another Docker network holds (another mcp-runner instance's, or
+    /// one made by hand) is swapped for a free one, also in the row.
+    async fn create_network(
+        &self,
+        d: &Deployment,
+    ) -> Result<(String, Option<String>), DeployError> {
+        let rt = &self.inner.runtime;
+        let mut subnet = d.subnet.clone();
+        let mut avoid: HashSet<String> = HashSet::new();
+        let mut attempts = 0;
+        loop {
+            let err = match rt.create_network(&d.id, subnet.as_deref()).await {
+                Ok(id) => return Ok((id, subnet)),
+                Err(e) if e.is_subnet_overlap() && attempts < 8 => e,
+                Err(e) => return Err(e.into()),
+            };
+            attempts += 1;
+            tracing::info!(deployment.id = %d.id, subnet = ?subnet, error = %err, "subnet held by another Docker network; picking another");
+            avoid.extend(subnet.take());
+            avoid.extend(rt.docker_subnets().await?);
+            avoid.extend(self.inner.store.used_subnets().await?);
+            let pool = self.inner.pool;
+            while subnet.is_none() {
+                let next = pool.pick(&avoid).ok_or(RuntimeError::SubnetsExhausted {
+                    pool: pool.to_string(),
+                })?;
+                match self.inner.store.set_subnet(&d.id, &next).await {
+                    Ok(()) => subnet = Some(next),
+                    // A concurrent create holds it now: pick again.
+                    Err(StoreError::Taken(_)) => {
+                        avoid.insert(next);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
     }
 
     /// Removes whatever of a failed create exists, then its row. Failures are logged: the
@@ -348,6 +416,44 @@ impl Deployments {
         }
         d.status = Status::Running;
         Ok(d)
+    }
+
+    /// Starts the process of a stdio deployment afresh and attached: a container that runs
+    /// already (started before a restart of mcp-runner: its protocol state is unknown) is
+    /// stopped first. Status `running`; stderr is followed from the attachment; stdin and
+    /// stdout are returned.
+    pub async fn start_stdio(&self, d: &Deployment) -> Result<Attached, DeployError> {
+        let container = d.container_id.as_deref().ok_or(DeployError::NotFound)?;
+        let rt = &self.inner.runtime;
+        // The newest tail: the live one, else the row's as saved when the follower ended.
+        let initial = match self.inner.stderr.snapshot(&d.id) {
+            Some(live) => live,
+            None => self.get(&d.id).await?.stderr,
+        };
+        match rt.container_state(container).await? {
+            None => return Err(DeployError::NotFound),
+            Some(s) if s.running => self.stop_container(d).await?,
+            Some(_) => {}
+        }
+        let mut attached = rt.attach_stdio(container).await?;
+        rt.start_container(container).await?;
+        self.inner.store.set_status(&d.id, Status::Running).await?;
+        let stderr = std::mem::replace(&mut attached.stderr, futures_util::stream::empty().boxed());
+        self.inner
+            .stderr
+            .follow_stream(&d.id, container, &initial, stderr);
+        tracing::info!(deployment.id = %d.id, "stdio process started");
+        Ok(attached)
+    }
+
+    /// Starts a stdio deployment's process and hands its pipes to the stdio owner.
+    pub async fn start_owned_stdio(&self, d: &Deployment) -> Result<(), DeployError> {
+        let attached = self.start_stdio(d).await?;
+        match self.inner.stdio_owner.get() {
+            Some(owner) => owner(d, attached),
+            None => tracing::warn!(deployment.id = %d.id, "no bridge takes the process's stdio"),
+        }
+        Ok(())
     }
 
     /// Stops the container of a deployment now (the bridge restarts a stdio process it did

@@ -28,6 +28,9 @@ pub struct Reconciled {
     pub running: usize,
     /// Rows found stopped.
     pub stopped: usize,
+    /// Running stdio deployments: their processes are restarted attached once the bridge is
+    /// up (their stdio belonged to the previous mcp-runner, their protocol state is unknown).
+    pub stdio_to_restart: Vec<String>,
 }
 
 impl Deployments {
@@ -103,8 +106,13 @@ impl Deployments {
                 }
                 Some(s) if s.running => {
                     self.inner.store.set_status(&d.id, Status::Running).await?;
-                    // The row holds the stderr saved before the restart; follow what is new.
-                    self.follow(d, since);
+                    if d.transport.is_stdio() {
+                        report.stdio_to_restart.push(d.id.clone());
+                    } else {
+                        // The row holds the stderr saved before the restart; follow what is
+                        // new.
+                        self.follow(d, since);
+                    }
                     report.running += 1;
                 }
                 Some(_) => {

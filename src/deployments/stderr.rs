@@ -6,13 +6,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::domain::{STDERR_LIMIT, Status};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeError};
 use crate::store::Store;
 
 /// How often a changed tail is written to the database.
@@ -99,9 +101,24 @@ impl StderrHub {
         }
     }
 
-    /// Starts following the stderr of `container_id` from `since` (Unix seconds), on top of
-    /// `initial` (what the row already holds). Replaces an existing follower.
+    /// Starts following the stderr of `container_id` through Docker's logs API from `since`
+    /// (Unix seconds), on top of `initial` (what the row already holds). Replaces an existing
+    /// follower.
     pub fn follow(&self, deployment_id: &str, container_id: &str, initial: &str, since: i64) {
+        let logs = self.runtime.follow_stderr(container_id, since).boxed();
+        self.follow_stream(deployment_id, container_id, initial, logs);
+    }
+
+    /// Keeps the tail of `stream`, the stderr of `container_id` (from its attach connection),
+    /// on top of `initial`. The stream's end means the container stopped. Replaces an existing
+    /// follower.
+    pub fn follow_stream(
+        &self,
+        deployment_id: &str,
+        container_id: &str,
+        initial: &str,
+        stream: BoxStream<'static, Result<Bytes, RuntimeError>>,
+    ) {
         let tail: Shared = Arc::new(Mutex::new(Tail::new(initial, STDERR_LIMIT)));
         let cancel = self.root.child_token();
         let old = lock(&self.followers).insert(
@@ -118,7 +135,6 @@ impl StderrHub {
             hub: self.clone(),
             deployment_id: deployment_id.to_owned(),
             container_id: container_id.to_owned(),
-            since,
             tail,
             cancel,
         };
@@ -127,7 +143,7 @@ impl StderrHub {
             deployment.id = %deployment_id,
             container.id = %short(container_id)
         );
-        self.tracker.spawn(task.run().instrument(span));
+        self.tracker.spawn(task.run(stream).instrument(span));
     }
 
     /// The live tail of a followed deployment.
@@ -165,18 +181,12 @@ struct FollowTask {
     hub: StderrHub,
     deployment_id: String,
     container_id: String,
-    since: i64,
     tail: Shared,
     cancel: CancellationToken,
 }
 
 impl FollowTask {
-    async fn run(self) {
-        let mut stream = Box::pin(
-            self.hub
-                .runtime
-                .follow_stderr(&self.container_id, self.since),
-        );
+    async fn run(self, mut stream: BoxStream<'static, Result<Bytes, RuntimeError>>) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;

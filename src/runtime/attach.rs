@@ -1,6 +1,6 @@
-//! The container's stdio, for stdio MCP servers: one attach connection carrying stdin and
-//! stdout (stderr stays out of it: the stderr follower reads it from the logs), and the
-//! container's address on its own network, for HTTP servers.
+//! The container's stdio, for stdio MCP servers: one attach connection carrying stdin, stdout
+//! and stderr, split here into the protocol path (stdout) and the diagnostics path (stderr),
+//! and the container's address on its own network, for HTTP servers.
 
 use std::pin::Pin;
 
@@ -10,27 +10,34 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
 
 use super::{Runtime, RuntimeError, docker_err};
 
-/// A stdio attachment: stdout chunks (Docker's frames already demultiplexed, in any size) and
-/// a writer to stdin.
+/// A stdio attachment: stdout chunks (Docker's frames already demultiplexed, in any size), a
+/// writer to stdin, and the stderr chunks.
 pub struct Attached {
     /// stdout bytes, chunked as Docker's frames arrive.
     pub stdout: BoxStream<'static, Result<Bytes, RuntimeError>>,
     /// The container's stdin.
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// stderr bytes. They arrive while `stdout` is read (one connection carries both), and
+    /// the stream ends with it.
+    pub stderr: BoxStream<'static, Result<Bytes, RuntimeError>>,
 }
 
 impl Runtime {
-    /// Attaches to stdin and stdout of a container. Attach before starting it so that no
-    /// output is missed.
+    /// Attaches to stdin, stdout and stderr of a container. Attach before starting it so that
+    /// no output is missed.
+    ///
+    /// stderr comes from this connection rather than from Docker's logs API: following the
+    /// logs makes dockerd decode its log file, protocol lines included, a second time.
     pub async fn attach_stdio(&self, id: &str) -> Result<Attached, RuntimeError> {
         let _permit = self.permit().await;
         let options = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
-            .stderr(false)
+            .stderr(true)
             .stream(true)
             .logs(false)
             .build();
@@ -39,19 +46,31 @@ impl Runtime {
             .attach_container(id, Some(options))
             .await
             .map_err(docker_err("attach to the container"))?;
+        // Unbounded, but drained by a task that only copies into a bounded tail.
+        let (stderr_tx, mut stderr_rx) = mpsc::unbounded_channel::<Bytes>();
         let stdout = attached
             .output
             .map_err(|e| docker_err("read the container's stdout")(e))
-            .try_filter_map(|out| async move {
-                Ok(match out {
+            .try_filter_map(move |out| {
+                let message = match out {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => Some(message),
-                    LogOutput::StdErr { .. } | LogOutput::StdIn { .. } => None,
-                })
+                    LogOutput::StdErr { message } => {
+                        // Nobody listening is fine: the chunk is dropped.
+                        let _ = stderr_tx.send(message);
+                        None
+                    }
+                    LogOutput::StdIn { .. } => None,
+                };
+                async move { Ok(message) }
             })
+            .boxed();
+        let stderr = futures_util::stream::poll_fn(move |cx| stderr_rx.poll_recv(cx))
+            .map(Ok)
             .boxed();
         Ok(Attached {
             stdout,
             stdin: attached.input,
+            stderr,
         })
     }
 

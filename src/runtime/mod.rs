@@ -108,6 +108,17 @@ impl RuntimeError {
         }
     }
 
+    /// Whether Docker refused a network because its subnet overlaps another network's.
+    pub fn is_subnet_overlap(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Docker {
+                source: bollard::errors::Error::DockerResponseServerError { message, .. },
+                ..
+            } if message.contains("overlaps")
+        )
+    }
+
     /// Whether the error says the object is already gone.
     pub fn is_not_found(&self) -> bool {
         self.kind() == FailureKind::NotFound

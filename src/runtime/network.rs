@@ -67,6 +67,22 @@ impl Runtime {
         }
     }
 
+    /// The subnets of every Docker network on the host, whoever made it.
+    pub async fn docker_subnets(&self) -> Result<Vec<String>, RuntimeError> {
+        let _permit = self.permit().await;
+        let networks = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(docker_err("list networks"))?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| n.ipam?.config)
+            .flatten()
+            .filter_map(|c| c.subnet)
+            .collect())
+    }
+
     /// Every network of this instance.
     pub async fn list_networks(&self) -> Result<Vec<ManagedNetwork>, RuntimeError> {
         let _permit = self.permit().await;

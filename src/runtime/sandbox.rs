@@ -99,12 +99,22 @@ impl Runtime {
             }]),
             dns: Some(s.dns.clone()),
             network_mode: Some(spec.network.clone()),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_owned()),
-                config: Some(HashMap::from([
-                    ("max-size".to_owned(), format!("{}m", s.log_max_mb)),
-                    ("max-file".to_owned(), "1".to_owned()),
-                ])),
+            // A stdio server's stdout is the protocol: its messages must not land in a log
+            // file, and its stderr reaches mcp-runner through the attach connection. Other
+            // servers keep a small log that the stderr follower reads.
+            log_config: Some(if spec.stdin {
+                HostConfigLogConfig {
+                    typ: Some("none".to_owned()),
+                    config: None,
+                }
+            } else {
+                HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), format!("{}m", s.log_max_mb)),
+                        ("max-file".to_owned(), "1".to_owned()),
+                    ])),
+                }
             }),
             // A minimal init (docker-init) as PID 1 forwards SIGTERM to the server and reaps
             // zombies: a server running as PID 1 would ignore SIGTERM and every stop would

@@ -215,6 +215,22 @@ impl Store {
             .collect())
     }
 
+    /// Moves a row to another subnet; `Taken("subnet")` when a row holds it already.
+    pub async fn set_subnet(&self, id: &str, subnet: &str) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE deployments SET subnet = ? WHERE id = ?")
+            .bind(subnet)
+            .bind(id)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Taken("subnet"))
+            }
+            Err(e) => Err(query_err("set subnet")(e)),
+        }
+    }
+
     /// Every subnet held by a row.
     pub async fn used_subnets(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar("SELECT subnet FROM deployments WHERE subnet IS NOT NULL")

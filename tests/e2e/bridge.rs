@@ -6,13 +6,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use crate::support::docker::inspect;
 use crate::support::mcp::Client;
 use crate::support::{TestApp, eventually};
 
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 fn mcp_url(app: &TestApp, id: &str) -> String {
-    format!("{}/mcp-server/{id}/mcp", app.url)
+    app.mcp_url(id)
 }
 
 fn sse_url(app: &TestApp, id: &str) -> String {
@@ -112,6 +113,16 @@ async fn every_upstream_transport_through_both_fronts() {
         fields["env"] = json!({"FIXTURE_NAME": "bridged"});
         let d = app.create_fixture(fields).await;
         let id = d["id"].as_str().expect("id").to_owned();
+        // Docker logs only what is not protocol: an HTTP server's output, capped.
+        let log = inspect("container", d["container_id"].as_str().expect("container"))
+            ["HostConfig"]["LogConfig"]
+            .clone();
+        if name == "stdio" {
+            assert_eq!(log["Type"], "none", "{name}");
+        } else {
+            assert_eq!(log["Type"], "json-file", "{name}");
+            assert_eq!(log["Config"]["max-size"], "10m", "{name}");
+        }
 
         let client = Client::streamable(&mcp_url(&app, &id), "t").await;
         exercise(&client, &format!("{name} upstream, Streamable HTTP front")).await;

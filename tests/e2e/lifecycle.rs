@@ -77,8 +77,8 @@ async fn create_runs_a_hardened_sandbox_and_delete_removes_everything() {
     );
     assert_eq!(hc["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
     assert_eq!(hc["Init"], true);
-    assert_eq!(hc["LogConfig"]["Type"], "json-file");
-    assert_eq!(hc["LogConfig"]["Config"]["max-size"], "10m");
+    // A stdio server's stdout is the protocol: Docker keeps no log of it.
+    assert_eq!(hc["LogConfig"]["Type"], "none");
     assert_eq!(hc["NetworkMode"], network_id);
     assert_eq!(c["Config"]["OpenStdin"], true);
     assert!(
@@ -239,4 +239,40 @@ async fn more_deployments_than_dockers_default_address_pools_hold() {
     subnets.dedup();
     assert_eq!(subnets.len(), 40, "40 networks, each on its own subnet");
     app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_subnet_held_by_another_docker_network_is_skipped() {
+    // A pool of two /28s, one of them taken by a network mcp-runner did not make.
+    let held = "10.250.17.0/28";
+    let foreign = format!("foreign-{}", &mcp_runner::deployments::new_id()[3..15]);
+    crate::support::docker::docker(&["network", "create", "--subnet", held, &foreign]);
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--network-pool".into(), "10.250.17.0/27".into()],
+        ..Options::default()
+    })
+    .await;
+    fixture_image().await;
+
+    let d = app.create_fixture(json!({"autoStart": false})).await;
+    let n = inspect("network", s(&d["network_id"]));
+    assert_eq!(n["IPAM"]["Config"][0]["Subnet"], "10.250.17.16/28");
+
+    // Nothing is left free: a clear 503 naming the pool, and nothing half made.
+    let (status, body) = app
+        .create(&json!({"image": fixture_image().await, "transport": {"type": "stdio"}}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("10.250.17.0/27"),
+        "{body}"
+    );
+    assert_eq!(app.list().await.len(), 1);
+
+    assert_eq!(app.delete(s(&d["id"])).await.0, 200);
+    app.teardown().await;
+    crate::support::docker::docker(&["network", "rm", &foreign]);
 }

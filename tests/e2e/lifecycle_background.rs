@@ -8,6 +8,7 @@ use chrono::DateTime;
 use serde_json::json;
 
 use crate::support::docker::{docker, exists, inspect, passwd_entry};
+use crate::support::mcp::Client;
 use crate::support::{Options, TestApp, assert_nothing_left, eventually, fixture_image};
 
 #[tokio::test]
@@ -67,6 +68,8 @@ async fn restart_reconciliation_removes_orphans_and_keeps_deployments() {
     let kept = app.create_fixture(json!({})).await;
     let stopped = app.create_fixture(json!({"autoStart": false})).await;
     let vanished = app.create_fixture(json!({})).await;
+    let kept_container = kept["container_id"].as_str().expect("c").to_owned();
+    let started_before = inspect("container", &kept_container)["State"]["StartedAt"].clone();
     let (instance, db, dir) = app.stop().await;
 
     // While mcp-runner is down: orphans made by hand with our labels, and a deployment's
@@ -131,9 +134,27 @@ async fn restart_reconciliation_removes_orphans_and_keeps_deployments() {
     let (status, body) = app.get(kept["id"].as_str().expect("id")).await;
     assert_eq!(status, 200);
     assert_eq!(body["deployment"]["status"], "running");
+    // Its stdio belonged to the previous mcp-runner: the process is restarted, attached.
+    let restarted_at = eventually(
+        "the kept stdio process to be restarted",
+        Duration::from_secs(30),
+        || async {
+            let state = inspect("container", &kept_container)["State"].clone();
+            (state["Running"] == true && state["StartedAt"] != started_before)
+                .then_some(state["StartedAt"].clone())
+        },
+    )
+    .await;
+    // The bridge owns that process: the first request uses it as it is.
+    let client = Client::streamable(&app.mcp_url(kept["id"].as_str().expect("id")), "kept").await;
     assert_eq!(
-        inspect("container", kept["container_id"].as_str().expect("c"))["State"]["Running"],
-        true
+        client.call("add", json!({"a": 2, "b": 3})).await.as_deref(),
+        Ok("5")
+    );
+    client.close().await;
+    assert_eq!(
+        inspect("container", &kept_container)["State"]["StartedAt"],
+        restarted_at
     );
     let (status, body) = app.get(stopped["id"].as_str().expect("id")).await;
     assert_eq!(status, 200);

@@ -168,6 +168,11 @@ impl TestApp {
         (self.instance, self.db_path, self._dir)
     }
 
+    /// The Streamable HTTP endpoint of deployment `id`.
+    pub fn mcp_url(&self, id: &str) -> String {
+        format!("{}/mcp-server/{id}/mcp", self.url)
+    }
+
     /// A request with the API key.
     pub fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
