@@ -41,6 +41,8 @@ pub struct App {
     pub lockout: Lockout,
     /// Bounds of create requests.
     pub limits: Limits,
+    /// Whether `GET /metrics` needs the API key.
+    pub metrics_require_key: bool,
     /// Set once Docker answered and reconciliation finished.
     deployments: OnceCell<Deployments>,
     bridge: OnceCell<Arc<Bridge>>,
@@ -139,6 +141,7 @@ impl Server {
             api_key,
             lockout: Lockout::default(),
             limits,
+            metrics_require_key: config.metrics_require_api_key,
             deployments: OnceCell::new(),
             bridge: OnceCell::new(),
             store,
@@ -344,6 +347,7 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
     api.merge(crate::bridge::front::routes(mcp_max_body))
         .with_state(state)
         .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
+        .layer(axum::middleware::from_fn(crate::api::count_http))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -105,6 +105,11 @@ pub struct Config {
     #[arg(long, env = "CLEANUP_ON_SHUTDOWN", default_value_t = false)]
     pub cleanup_on_shutdown: bool,
 
+    /// Require the X-API-Key header on `GET /metrics` (by default it is open, like the
+    /// probes, for a Prometheus scraper on a private network).
+    #[arg(long, env = "METRICS_REQUIRE_API_KEY", default_value_t = false)]
+    pub metrics_require_api_key: bool,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -82,6 +82,15 @@ impl Transport {
     pub fn is_stdio(&self) -> bool {
         matches!(self, Transport::Stdio)
     }
+
+    /// The transport's name as the API spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Sse { .. } => "sse",
+            Transport::StreamableHttp { .. } => "streamable_http",
+        }
+    }
 }
 
 /// How the MCP sessions of a deployment share its server.

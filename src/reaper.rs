@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::deployments::{DeployError, Deployments};
 use crate::domain::{Millis, Status, now_millis};
+use crate::metrics::{METRICS, ReaperLabels};
 use crate::store::DueRow;
 
 /// What the reaper does to one deployment.
@@ -121,17 +122,26 @@ pub async fn run(
 }
 
 async fn perform(d: &Deployments, action: &Action) -> Result<(), String> {
-    let result = match action {
-        Action::Pause(id) => d.pause(id).await,
+    let (kind, result) = match action {
+        Action::Pause(id) => ("pause", d.pause(id).await),
         Action::Delete(id) => {
             tracing::info!(deployment.id = %id, "deleting idle deployment");
-            d.delete(id).await
+            ("delete", d.delete(id).await)
         }
     };
-    match result {
+    let result = match result {
         Ok(()) | Err(DeployError::NotFound) => Ok(()),
         Err(e) => Err(e.to_string()),
-    }
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    METRICS
+        .reaper_actions
+        .get_or_create(&ReaperLabels {
+            action: kind,
+            outcome,
+        })
+        .inc();
+    result
 }
 
 fn record(retries: &mut HashMap<String, Retry>, action: &Action, outcome: Result<(), String>) {

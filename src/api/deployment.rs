@@ -1,7 +1,8 @@
 //! `/api/deployment`: create, list, get and delete deployments.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -9,7 +10,7 @@ use utoipa_axum::routes;
 use super::extract::ApiJson;
 use super::model::{
     CreateDeploymentRequest, CreateDeploymentResponse, DeleteDeploymentResponse, DeploymentData,
-    GetDeploymentResponse,
+    DeploymentLogsResponse, GetDeploymentResponse, LogsQuery, last_lines,
 };
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -19,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_deployment, list_deployments))
         .routes(routes!(get_deployment, delete_deployment))
+        .routes(routes!(deployment_logs))
 }
 
 /// Create a deployment.
@@ -129,5 +131,54 @@ async fn delete_deployment(
     state.deployments()?.delete(&id).await?;
     Ok(Json(DeleteDeploymentResponse {
         message: "Deployment deleted successfully".to_owned(),
+    }))
+}
+
+/// The stderr tail of a deployment's process, and whether that process exited.
+///
+/// What the server wrote to stderr (the last 64 KiB are kept, also across restarts of the
+/// process and of mcp-runner), cut to the last `tail` lines when asked. Protocol traffic is
+/// never in it.
+#[utoipa::path(
+    get,
+    path = "/api/deployment/{id}/logs",
+    tag = "deployments",
+    params(
+        ("id" = String, Path, description = "Deployment id", example = "dp_3k9x0q2m7c1v8b4n6z5l0p2r"),
+        LogsQuery
+    ),
+    responses(
+        (status = 200, description = "The stderr tail and the process state", body = DeploymentLogsResponse),
+        (status = 400, description = "`tail` is not an integer from 0 to 100000", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "Client blocked", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 502, description = "Docker refused to tell the process state", body = ErrorBody),
+        (status = 503, description = "Docker unreachable, or starting up", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+async fn deployment_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<DeploymentLogsResponse>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::field("tail", format!("invalid query: {}", e.body_text())))?;
+    let lines = query.lines()?;
+    let (d, process) = state.deployments()?.logs(&id).await?;
+    let stderr = match lines {
+        Some(n) => last_lines(&d.stderr, n).to_owned(),
+        None => d.stderr.clone(),
+    };
+    let process = process.unwrap_or_default();
+    Ok(Json(DeploymentLogsResponse {
+        id: d.id,
+        status: d.status.as_str().to_owned(),
+        stderr,
+        running: process.running,
+        exited: process.exited,
+        exit_code: process.exited.then_some(process.exit_code).flatten(),
+        oom_killed: process.oom_killed,
     }))
 }

@@ -5,6 +5,7 @@ pub mod auth;
 mod deployment;
 pub mod extract;
 mod health;
+mod metrics;
 pub mod model;
 
 use axum::Router;
@@ -13,6 +14,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
+pub use metrics::count_http;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -66,8 +68,15 @@ pub fn openapi_json(doc: &utoipa::openapi::OpenApi) -> String {
 /// the same either way).
 fn parts(auth: Option<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let mut managed = deployment::routes();
-    if let Some(state) = auth {
+    if let Some(state) = &auth {
         managed = managed.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
+    }
+    let mut metrics = metrics::routes();
+    if let Some(state) = auth.filter(|s| s.metrics_require_key) {
+        metrics = metrics.route_layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_api_key,
         ));
@@ -75,6 +84,7 @@ fn parts(auth: Option<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi)
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(managed)
         .merge(health::routes())
+        .merge(metrics)
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (router, doc)

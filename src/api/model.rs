@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::config::MIN_MEMORY_MB;
 use crate::deployments::NewDeployment;
@@ -187,6 +187,70 @@ pub struct DeleteDeploymentResponse {
     /// Always "Deployment deleted successfully".
     #[schema(example = "Deployment deleted successfully")]
     pub message: String,
+}
+
+/// Query of `GET /api/deployment/{id}/logs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Only the last `tail` lines (0 to 100000); all that is kept (the last 64 KiB) when
+    /// absent.
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 100000, example = 100)]
+    pub tail: Option<String>,
+}
+
+/// Most lines `tail` may ask for.
+pub const MAX_TAIL_LINES: usize = 100_000;
+
+impl LogsQuery {
+    /// The number of lines asked for; 400 naming `tail` when it is not a number in range.
+    pub fn lines(&self) -> Result<Option<usize>, ApiError> {
+        let Some(raw) = &self.tail else {
+            return Ok(None);
+        };
+        match raw.trim().parse::<usize>() {
+            Ok(n) if n <= MAX_TAIL_LINES => Ok(Some(n)),
+            _ => Err(ApiError::field(
+                "tail",
+                format!("tail must be an integer from 0 to {MAX_TAIL_LINES}"),
+            )),
+        }
+    }
+}
+
+/// The last lines a deployment's process wrote to stderr, and the state of that process.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentLogsResponse {
+    /// Deployment id.
+    #[schema(example = "dp_3k9x0q2m7c1v8b4n6z5l0p2r")]
+    pub id: String,
+    /// Deployment status.
+    #[schema(example = "running")]
+    pub status: String,
+    /// The stderr tail (at most the last 64 KiB, cut to `tail` lines when asked).
+    #[schema(example = "server listening\n")]
+    pub stderr: String,
+    /// Whether the process runs now.
+    pub running: bool,
+    /// Whether the process has run and exited (stopped for idleness, crashed or ended).
+    pub exited: bool,
+    /// Exit code of the last run, once it exited.
+    #[schema(example = 1)]
+    pub exit_code: Option<i64>,
+    /// Whether the kernel's OOM killer ended the last run.
+    pub oom_killed: bool,
+}
+
+/// The last `n` lines of `text` (a final newline does not start an empty line).
+pub fn last_lines(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    match body.rmatch_indices('\n').nth(n - 1) {
+        Some((i, _)) => &text[i + 1..],
+        None => text,
+    }
 }
 
 /// Bounds a create request must respect.
@@ -448,6 +512,34 @@ fn validate_transport(t: &Transport) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn last_lines_cuts_at_line_ends() {
+        let text = "a\nb\nc\n";
+        assert_eq!(super::last_lines(text, 0), "");
+        assert_eq!(super::last_lines(text, 1), "c\n");
+        assert_eq!(super::last_lines(text, 2), "b\nc\n");
+        assert_eq!(super::last_lines(text, 9), text);
+        assert_eq!(super::last_lines("x\npartial", 1), "partial");
+        assert_eq!(super::last_lines("", 3), "");
+    }
+
+    #[test]
+    fn tail_must_be_a_number_in_range() {
+        let q = |t: &str| super::LogsQuery {
+            tail: Some(t.to_owned()),
+        };
+        assert_eq!(q("10").lines().ok(), Some(Some(10)));
+        assert_eq!(super::LogsQuery { tail: None }.lines().ok(), Some(None));
+        for bad in ["-1", "x", "100001", "1.5", ""] {
+            match q(bad).lines() {
+                Err(super::ApiError::BadRequest { field, .. }) => {
+                    assert_eq!(field.as_deref(), Some("tail"), "{bad}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
     use super::*;
 
     fn limits() -> Limits {

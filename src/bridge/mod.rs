@@ -87,6 +87,11 @@ impl Link {
     /// Forwards a client message upstream. False when the upstream is gone.
     pub fn send(&self, message: Value) -> bool {
         self.session.touch();
+        if let Ok(jsonrpc::Kind::Request) = jsonrpc::classify(&message)
+            && let Some(id) = jsonrpc::id(&message)
+        {
+            self.session.request_sent(jsonrpc::key(id));
+        }
         match &self.upstream {
             Upstream::Stdio(hub) => hub.send(self.session.clone(), message),
             Upstream::Streamable(up) => {
@@ -156,6 +161,20 @@ impl Bridge {
                 }
             }));
         bridge
+    }
+
+    /// The number of open sessions of each front.
+    pub fn session_counts(&self) -> Vec<(Front, usize)> {
+        let sessions = lock(&self.sessions);
+        [Front::Streamable, Front::Legacy]
+            .into_iter()
+            .map(|f| {
+                (
+                    f,
+                    sessions.values().filter(|l| l.session.front == f).count(),
+                )
+            })
+            .collect()
     }
 
     /// Ends every session (shutdown): their open streams end, so the HTTP server can finish
@@ -285,7 +304,7 @@ impl Bridge {
             Err(DeployError::NotFound) => return Err(BridgeError::UnknownDeployment),
             Err(e) => return Err(e.into()),
         };
-        let session = Session::new(new_session_id(), d.id.clone(), front);
+        let session = Session::new(new_session_id(), d.id.clone(), front, d.transport.name());
         let (upstream, own_container) = if d.session_mode == SessionMode::Isolated {
             self.isolated_upstream(&d, &session, authorization).await?
         } else {

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jsonrpc;
 use crate::domain::now_millis;
+use crate::metrics::METRICS;
 
 /// Events kept per stream for replay.
 const REPLAY_EVENTS: usize = 256;
@@ -33,6 +35,15 @@ const WAITING_UNRELATED: usize = 256;
 /// client resumes with `Last-Event-ID`).
 const LIVE_QUEUE: usize = 1024;
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        let s = self.streams.get_mut().unwrap_or_else(|p| p.into_inner());
+        for _ in s.pending.drain() {
+            METRICS.mcp_request(self.front.name(), self.transport, "unanswered", None);
+        }
+    }
+}
+
 /// Which front the session came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Front {
@@ -40,6 +51,16 @@ pub enum Front {
     Streamable,
     /// Legacy HTTP+SSE (`/sse`): one stream carries everything.
     Legacy,
+}
+
+impl Front {
+    /// The front's name in metrics: the transport the client speaks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Front::Streamable => "streamable_http",
+            Front::Legacy => "sse",
+        }
+    }
 }
 
 /// One SSE event for a client connection.
@@ -97,6 +118,8 @@ struct Streams {
     get_stream: Option<u64>,
     legacy: Option<mpsc::Sender<SseEvent>>,
     waiting: VecDeque<Arc<str>>,
+    /// When each client request still waiting for its answer was sent (metrics).
+    pending: HashMap<String, Instant>,
 }
 
 /// A client session of one deployment.
@@ -107,6 +130,8 @@ pub struct Session {
     pub deployment_id: String,
     /// Front it came through.
     pub front: Front,
+    /// The deployment's transport (`stdio`, `sse`, `streamable_http`), for metrics.
+    pub transport: &'static str,
     protocol_version: Mutex<Option<String>>,
     last_active: AtomicI64,
     streams: Mutex<Streams>,
@@ -120,11 +145,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Session {
     /// A new session.
-    pub fn new(id: String, deployment_id: String, front: Front) -> Arc<Session> {
+    pub fn new(
+        id: String,
+        deployment_id: String,
+        front: Front,
+        transport: &'static str,
+    ) -> Arc<Session> {
         Arc::new(Session {
             id,
             deployment_id,
             front,
+            transport,
             protocol_version: Mutex::new(None),
             last_active: AtomicI64::new(now_millis()),
             streams: Mutex::default(),
@@ -178,6 +209,11 @@ impl Session {
         });
         lock(&self.streams).legacy = Some(tx);
         rx
+    }
+
+    /// Notes that client request `key` went upstream: its answer's latency is measured.
+    pub fn request_sent(&self, key: String) {
+        lock(&self.streams).pending.insert(key, Instant::now());
     }
 
     /// Waits for the response to request `key` as a JSON body.
@@ -245,6 +281,19 @@ impl Session {
         let data: Arc<str> = message.to_string().into();
         let is_response = matches!(jsonrpc::classify(message), Ok(jsonrpc::Kind::Response));
         let mut s = lock(&self.streams);
+        if is_response && let Some(sent) = related.and_then(|k| s.pending.remove(k)) {
+            let outcome = if message.get("error").is_some() {
+                "error"
+            } else {
+                "result"
+            };
+            METRICS.mcp_request(
+                self.front.name(),
+                self.transport,
+                outcome,
+                Some(sent.elapsed()),
+            );
+        }
         if self.front == Front::Legacy {
             if let Some(tx) = &s.legacy {
                 let ok = tx
@@ -391,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_request_stream_carries_related_messages_then_the_response_and_ends() {
-        let s = Session::new("s".into(), "d".into(), Front::Streamable);
+        let s = Session::new("s".into(), "d".into(), Front::Streamable, "stdio");
         let mut rx = s.open_request_stream("1".into(), false);
         assert!(s.deliver(&note(1), Some("1")));
         assert!(s.deliver(&response(1), Some("1")));
@@ -408,7 +457,7 @@ mod tests {
 
     #[test]
     fn unrelated_messages_wait_for_the_get_stream_and_are_never_duplicated() {
-        let s = Session::new("s".into(), "d".into(), Front::Streamable);
+        let s = Session::new("s".into(), "d".into(), Front::Streamable, "stdio");
         let mut req = s.open_request_stream("1".into(), false);
         s.deliver(&note(7), None);
         assert!(
@@ -422,7 +471,7 @@ mod tests {
 
     #[test]
     fn json_waiters_get_the_response_only() {
-        let s = Session::new("s".into(), "d".into(), Front::Streamable);
+        let s = Session::new("s".into(), "d".into(), Front::Streamable, "stdio");
         let mut waiter = s.expect_json("5".into());
         s.deliver(&note(1), Some("5"));
         assert!(waiter.try_recv().is_err());
@@ -432,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_dropped_stream_is_resumed_from_its_last_event_id() {
-        let s = Session::new("s".into(), "d".into(), Front::Streamable);
+        let s = Session::new("s".into(), "d".into(), Front::Streamable, "stdio");
         let rx = s.open_request_stream("1".into(), true);
         drop(rx); // the client's connection broke
         s.deliver(&note(1), Some("1"));
@@ -450,7 +499,7 @@ mod tests {
 
     #[test]
     fn the_legacy_front_has_one_stream_starting_with_the_endpoint() {
-        let s = Session::new("s".into(), "d".into(), Front::Legacy);
+        let s = Session::new("s".into(), "d".into(), Front::Legacy, "stdio");
         let mut rx = s.open_legacy("/mcp-server/d/sse/messages?sessionId=s".into());
         s.deliver(&response(1), Some("1"));
         let first = rx.try_recv().expect("endpoint");

@@ -711,7 +711,7 @@ mod tests {
     }
 
     fn session(id: &str) -> (Arc<Session>, mpsc::Receiver<SseEvent>) {
-        let s = Session::new(id.into(), "dp".into(), Front::Streamable);
+        let s = Session::new(id.into(), "dp".into(), Front::Streamable, "stdio");
         let get = s.open_get_stream(false).expect("get stream");
         (s, get)
     }

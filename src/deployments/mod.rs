@@ -14,7 +14,11 @@ use rand::seq::IndexedRandom;
 
 use crate::config::UidRange;
 use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
-use crate::runtime::{Attached, HostUsers, Runtime, RuntimeError, SandboxSpec, object_name};
+use crate::metrics::METRICS;
+use crate::runtime::{
+    Attached, ContainerState, FailureKind, HostUsers, Runtime, RuntimeError, SandboxSpec,
+    object_name,
+};
 use crate::store::{Store, StoreError};
 use crate::subnet::SubnetPool;
 use stderr::StderrHub;
@@ -61,6 +65,28 @@ pub enum DeployError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The `reason` label of a failed create or delete.
+fn failure_reason(e: &DeployError) -> &'static str {
+    match e {
+        DeployError::NotFound => "not_found",
+        DeployError::Store(_) => "database",
+        DeployError::Runtime(r) => match r {
+            RuntimeError::Pull {
+                not_found: true, ..
+            } => "image_not_found",
+            RuntimeError::Pull { .. } => "image_pull",
+            RuntimeError::UidsExhausted { .. } => "uids_exhausted",
+            RuntimeError::SubnetsExhausted { .. } => "subnets_exhausted",
+            RuntimeError::User { .. } => "host_user",
+            RuntimeError::Connect(_) => "docker_unreachable",
+            RuntimeError::Docker { .. } => match r.kind() {
+                FailureKind::Unreachable => "docker_unreachable",
+                _ => "docker_rejected",
+            },
+        },
+    }
 }
 
 /// The deployments service, shared by the API, the reaper and (later) the bridge.
@@ -145,6 +171,18 @@ impl Deployments {
     /// Creates a deployment: row, image, network, user, container, and start when asked.
     /// Any failure removes everything made so far, the row included.
     pub async fn create(&self, req: NewDeployment) -> Result<Deployment, DeployError> {
+        let started = std::time::Instant::now();
+        let created = self.make(req).await;
+        match &created {
+            Ok(_) => METRICS
+                .create_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => METRICS.failure("create", failure_reason(e)),
+        }
+        created
+    }
+
+    async fn make(&self, req: NewDeployment) -> Result<Deployment, DeployError> {
         let now = now_millis();
         let id = new_id();
         let mut d = Deployment {
@@ -357,6 +395,19 @@ impl Deployments {
     /// delete the user and the row. When a step fails the row stays `deleting` and the reaper
     /// retries.
     pub async fn delete(&self, id: &str) -> Result<(), DeployError> {
+        let started = std::time::Instant::now();
+        let deleted = self.remove(id).await;
+        match &deleted {
+            Ok(()) => METRICS
+                .delete_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(DeployError::NotFound) => {}
+            Err(e) => METRICS.failure("delete", failure_reason(e)),
+        }
+        deleted
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DeployError> {
         let Some(_guard) = DeletionGuard::claim(&self.inner, id) else {
             return Err(DeployError::NotFound);
         };
@@ -519,6 +570,20 @@ impl Deployments {
             Some(d) if visible(&d) => Ok(self.with_live_stderr(d)),
             _ => Err(DeployError::NotFound),
         }
+    }
+
+    /// A deployment's stderr tail with the state of its process: whether it runs, and how
+    /// its last run ended.
+    pub async fn logs(
+        &self,
+        id: &str,
+    ) -> Result<(Deployment, Option<ContainerState>), DeployError> {
+        let d = self.get(id).await?;
+        let state = match &d.container_id {
+            Some(c) => self.inner.runtime.container_state(c).await?,
+            None => None,
+        };
+        Ok((d, state))
     }
 
     /// Every visible deployment, oldest first.

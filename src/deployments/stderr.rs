@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::domain::{STDERR_LIMIT, Status};
+use crate::metrics::{ExitLabels, METRICS};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::Store;
 
@@ -232,6 +233,15 @@ impl FollowTask {
     async fn container_ended(&self) {
         match self.hub.runtime.container_state(&self.container_id).await {
             Ok(Some(state)) if !state.running => {
+                let reason = if state.oom_killed {
+                    "oom_killed"
+                } else {
+                    "exited"
+                };
+                METRICS
+                    .upstream_exits
+                    .get_or_create(&ExitLabels { reason })
+                    .inc();
                 tracing::info!(
                     deployment.id = %self.deployment_id,
                     exit_code = state.exit_code,

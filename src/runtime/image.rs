@@ -3,6 +3,8 @@
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 
+use crate::metrics::{METRICS, OutcomeLabels};
+
 use super::{FailureKind, Runtime, RuntimeError, classify, docker_err};
 
 impl Runtime {
@@ -16,7 +18,13 @@ impl Runtime {
                 Err(e) => return Err(docker_err("inspect the image")(e)),
             }
         }
-        self.pull(image).await
+        let pulled = self.pull(image).await;
+        let outcome = if pulled.is_ok() { "ok" } else { "error" };
+        METRICS
+            .image_pulls
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        pulled
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use bollard::Docker;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::metrics::{DockerLabels, METRICS};
+
 pub use attach::Attached;
 pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
 pub use users::{HostUser, HostUsers};
@@ -139,9 +141,18 @@ fn classify(e: &bollard::errors::Error) -> FailureKind {
     }
 }
 
-/// Attaches the operation to a bollard error.
+/// Attaches the operation to a bollard error, and counts it (not-found answers are
+/// expected, e.g. removing what is gone, and are not counted).
 fn docker_err(op: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
-    move |source| RuntimeError::Docker { op, source }
+    move |source| {
+        if classify(&source) != FailureKind::NotFound {
+            METRICS
+                .docker_errors
+                .get_or_create(&DockerLabels { operation: op })
+                .inc();
+        }
+        RuntimeError::Docker { op, source }
+    }
 }
 
 /// Settings of the sandboxes, from the configuration.

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
+    ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -40,10 +43,12 @@ pub struct SandboxSpec {
 }
 
 /// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContainerState {
     /// Whether it runs now.
     pub running: bool,
+    /// Whether it ran and exited (a container made but never started has not).
+    pub exited: bool,
     /// Exit code of the last run, when it ran and exited.
     pub exit_code: Option<i64>,
     /// Whether the kernel's OOM killer ended the last run.
@@ -224,6 +229,10 @@ impl Runtime {
                 let state = info.state.unwrap_or_default();
                 Ok(Some(ContainerState {
                     running: state.running.unwrap_or(false),
+                    exited: matches!(
+                        state.status,
+                        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+                    ),
                     exit_code: state.exit_code,
                     oom_killed: state.oom_killed.unwrap_or(false),
                 }))

@@ -231,6 +231,14 @@ impl Store {
         }
     }
 
+    /// The number of rows in each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as("SELECT status, COUNT(*) FROM deployments GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("count deployments"))
+    }
+
     /// Every subnet held by a row.
     pub async fn used_subnets(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar("SELECT subnet FROM deployments WHERE subnet IS NOT NULL")

@@ -296,3 +296,117 @@ async fn probes_report_liveness_and_readiness() {
     let (instance, db, _dir) = app.stop().await;
     crate::support::assert_nothing_left(&instance, &db).await;
 }
+
+#[tokio::test]
+async fn logs_endpoint_checks_tail_before_anything_else() {
+    let app = TestApp::spawn().await;
+    for bad in ["abc", "-1", "100001", "1.5"] {
+        let resp = app
+            .authed(
+                Method::GET,
+                &format!("/api/deployment/dp_missing/logs?tail={bad}"),
+            )
+            .send()
+            .await
+            .expect("send");
+        let (status, body) = json_of(resp).await;
+        assert_error_body(status, &body, 400);
+        assert_eq!(body["field"], "tail", "{bad}: {body}");
+    }
+    let resp = app
+        .authed(Method::GET, "/api/deployment/dp_missing/logs?tail=5")
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = json_of(resp).await;
+    assert_error_body(status, &body, 404);
+    let resp = app
+        .http
+        .get(format!("{}/api/deployment/dp_missing/logs", app.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401, "the key is required");
+    app.teardown().await;
+}
+
+/// The value of the first sample line starting with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_describe_deployments_requests_and_sessions() {
+    let app = TestApp::spawn().await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "m").await;
+    assert_eq!(
+        client.call("add", json!({"a": 1, "b": 2})).await.as_deref(),
+        Ok("3")
+    );
+
+    let resp = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200, "open by default");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text"),
+    );
+    let text = resp.text().await.expect("text");
+    // This server's own state, read at the scrape.
+    assert_eq!(
+        sample(&text, "mcp_runner_deployments{status=\"running\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "mcp_runner_mcp_sessions{front=\"streamable_http\"}") >= Some(1.0));
+    // Process-wide counters (other tests share them): present and counting.
+    for prefix in [
+        "mcp_runner_deployment_create_duration_seconds_count",
+        "mcp_runner_mcp_requests_total{front=\"streamable_http\",transport=\"stdio\",outcome=\"result\"}",
+        "mcp_runner_mcp_request_duration_seconds_count{front=\"streamable_http\",transport=\"stdio\"}",
+        "mcp_runner_http_requests_total{route=\"/api/deployment\",method=\"POST\",status=\"201\"}",
+        "mcp_runner_http_requests_total{route=\"/mcp-server/{id}/mcp\",method=\"POST\",status=\"200\"}",
+    ] {
+        assert!(sample(&text, prefix) >= Some(1.0), "{prefix} in\n{text}");
+    }
+    for family in [
+        "mcp_runner_deployment_delete_duration_seconds",
+        "mcp_runner_deployment_failures",
+        "mcp_runner_image_pulls",
+        "mcp_runner_upstream_exits",
+        "mcp_runner_reaper_actions",
+    ] {
+        assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+    }
+    client.close().await;
+    app.teardown().await;
+
+    // Guarded when asked.
+    let app = TestApp::spawn_with(crate::support::Options {
+        args: vec!["--metrics-require-api-key".into()],
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}/metrics", app.url);
+    assert_eq!(app.http.get(&url).send().await.expect("send").status(), 401);
+    assert_eq!(
+        app.authed(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
+    app.teardown().await;
+}

@@ -380,6 +380,29 @@ async fn a_crash_mid_call_fails_fast_and_the_next_initialize_restarts_the_server
             .then_some(())
     })
     .await;
+    // The logs endpoint tells how the process ended.
+    let logs = eventually(
+        "the exit on the logs endpoint",
+        Duration::from_secs(10),
+        || async {
+            let resp = app
+                .authed(
+                    reqwest::Method::GET,
+                    &format!("/api/deployment/{id}/logs?tail=1"),
+                )
+                .send()
+                .await
+                .ok()?;
+            let (status, body) = crate::support::json_of(resp).await;
+            (status == 200 && body["exited"] == true).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(logs["exit_code"], 7, "{logs}");
+    assert_eq!(logs["running"], false, "{logs}");
+    let tail = logs["stderr"].as_str().expect("stderr");
+    assert!(tail.contains("crashing"), "{logs}");
+    assert!(tail.trim_end().lines().count() == 1, "one line: {logs}");
     client.close().await;
     let again = Client::streamable(&mcp_url(&app, &id), "t").await;
     assert_eq!(
