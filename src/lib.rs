@@ -12,6 +12,7 @@ pub mod config;
 pub mod deployments;
 pub mod domain;
 pub mod error;
+pub mod firewall;
 pub mod reaper;
 pub mod runtime;
 pub mod store;
