@@ -77,27 +77,38 @@ pub struct Installed {
     pub rules: Vec<String>,
 }
 
-/// The rules for `pool` in their order: `(chain, position, rule)`, where a position means
-/// "exactly there" and `None` means "anywhere in the chain".
-pub fn rules(pool: &str) -> Result<Vec<(&'static str, Option<usize>, Vec<String>)>, FirewallError> {
+/// One rule and where it belongs.
+#[derive(Debug)]
+struct Rule {
+    /// Its chain.
+    chain: &'static str,
+    /// Its 1-based position, or `None` for anywhere in the chain.
+    position: Option<usize>,
+    /// The words after `-A <chain>`, as `iptables -S` prints them.
+    words: Vec<String>,
+}
+
+/// The rules for `pool`, in the order they are installed.
+fn rules(pool: &str) -> Result<Vec<Rule>, FirewallError> {
     let pool = normalize(pool)?;
-    let rule = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+    let rule = |chain, position, words: &[&str]| Rule {
+        chain,
+        position,
+        words: words.iter().map(|w| (*w).to_owned()).collect(),
+    };
+    let established = [
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-j",
+        "RETURN",
+    ];
     Ok(vec![
-        (
-            CHAIN,
-            Some(1),
-            rule(&[
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "RETURN",
-            ]),
-        ),
-        (CHAIN, Some(2), rule(&["-i", "lo", "-j", "RETURN"])),
-        (CHAIN, None, rule(&["-s", &pool, "-j", "DROP"])),
-        (INPUT, Some(1), rule(&["-j", CHAIN])),
+        rule(CHAIN, Some(1), &established),
+        rule(CHAIN, Some(2), &["-i", "lo", "-j", "RETURN"]),
+        rule(CHAIN, None, &["-s", &pool, "-j", "DROP"]),
+        rule(INPUT, Some(1), &["-j", CHAIN]),
     ])
 }
 
@@ -146,8 +157,10 @@ pub async fn install(iptables: &str, pool: &str) -> Result<Installed, FirewallEr
     let _across_processes = lock_file().await;
     let ipt = Iptables(iptables);
     let mut changed = ipt.ensure_chain().await?;
-    for (chain, position, rule) in &wanted {
-        changed |= ipt.ensure_once(chain, *position, rule).await?;
+    for rule in &wanted {
+        changed |= ipt
+            .ensure_once(rule.chain, rule.position, &rule.words)
+            .await?;
     }
     let rules = ipt
         .list(CHAIN)
@@ -323,7 +336,7 @@ mod tests {
         let r = rules("10.240.0.0/16").unwrap();
         let text: Vec<String> = r
             .iter()
-            .map(|(chain, _, rule)| format!("-A {chain} {}", rule.join(" ")))
+            .map(|rule| format!("-A {} {}", rule.chain, rule.words.join(" ")))
             .collect();
         assert_eq!(
             text,
@@ -334,7 +347,7 @@ mod tests {
                 "-A INPUT -j MCP-RUNNER-INPUT",
             ]
         );
-        let positions: Vec<Option<usize>> = r.iter().map(|(_, p, _)| *p).collect();
+        let positions: Vec<Option<usize>> = r.iter().map(|rule| rule.position).collect();
         assert_eq!(positions, [Some(1), Some(2), None, Some(1)]);
     }
 
