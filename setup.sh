@@ -9,7 +9,9 @@
 #   3. starts dockerd (systemd if it is PID 1, otherwise a background
 #      process owned by this script) and restarts it only when needed;
 #   4. checks that `docker info` answers and lists the runsc runtime;
-#   5. creates mcp-runner's data directory.
+#   5. installs the host firewall rules that keep deployment containers from
+#      opening connections to the host (iptables chain MCP-RUNNER-INPUT);
+#   6. creates mcp-runner's data directory.
 # With --ci it also installs what the test suite needs and runs a smoke test.
 #
 # Run `./setup.sh --help` for the options.
@@ -24,6 +26,9 @@ readonly DOCKERD_PIDFILE=/var/run/dockerd-mcp-runner.pid
 readonly DOCKER_WAIT_SECONDS=60
 readonly SMOKE_IMAGE=mcp-runner-setup-smoke:latest
 readonly RUNTIME_NAME=runsc
+readonly NETWORK_POOL_DEFAULT=10.240.0.0/16
+readonly FIREWALL_CHAIN=MCP-RUNNER-INPUT
+readonly FIREWALL_LOCK=/run/mcp-runner-firewall.lock
 
 # ---------------------------------------------------------------- helpers --
 
@@ -63,6 +68,10 @@ Options:
                        (repeatable; kept in daemon.json on later runs),
                        e.g. --runsc-arg=--debug-log=/var/log/runsc/.
   --data-dir DIR       mcp-runner's data directory (default /var/mcp-runner).
+  --network-pool CIDR  mcp-runner's NETWORK_POOL (default 10.240.0.0/16): the
+                       source addresses the host firewall keeps away from the
+                       host. Repeat for several mcp-runner instances.
+  --no-firewall        do not touch the host firewall.
   -h, --help           show this help and exit.
 
 Files touched:
@@ -71,6 +80,18 @@ Files touched:
   /etc/docker/daemon.json.before-mcp-runner copy of the original (made once)
   /var/log/mcp-runner-dockerd.log           dockerd's log when not under systemd
   /var/run/dockerd-mcp-runner.pid           pid of that background dockerd
+  /run/mcp-runner-firewall.lock             taken while the firewall rules are
+                                            edited (mcp-runner takes it too)
+
+Host firewall (the filter table; mcp-runner installs the same rules at every
+start unless FIREWALL=off, and neither removes rules it did not write):
+  -A INPUT -j MCP-RUNNER-INPUT                      (first rule of INPUT)
+  -A MCP-RUNNER-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+  -A MCP-RUNNER-INPUT -i lo -j RETURN
+  -A MCP-RUNNER-INPUT -s <network pool> -j DROP     (one per pool)
+Containers keep their access to other hosts (DNS included); the host keeps its
+connections into containers. The rules last until reboot: run setup.sh or
+mcp-runner again after one.
 EOF
 }
 
@@ -82,6 +103,8 @@ case "${CI:-}" in true | TRUE | True | 1 | yes) ci_mode=true ;; esac
 upstream_repos=false
 smoke_test=""  # empty = default (on in CI mode, off otherwise)
 data_dir=$DATA_DIR_DEFAULT
+firewall=true
+network_pools=()
 extra_runsc_args=()
 
 while [[ $# -gt 0 ]]; do
@@ -102,6 +125,13 @@ while [[ $# -gt 0 ]]; do
             shift
             ;;
         --data-dir=*) data_dir=${1#--data-dir=} ;;
+        --network-pool)
+            [[ $# -ge 2 ]] || die "--network-pool needs a value"
+            network_pools+=("$2")
+            shift
+            ;;
+        --network-pool=*) network_pools+=("${1#--network-pool=}") ;;
+        --no-firewall) firewall=false ;;
         -h | --help)
             usage
             exit 0
@@ -112,6 +142,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$smoke_test" ]] || smoke_test=$ci_mode
 [[ "$data_dir" == /* ]] || die "--data-dir must be an absolute path, got: $data_dir"
+[[ ${#network_pools[@]} -gt 0 ]] || network_pools=("$NETWORK_POOL_DEFAULT")
 
 # Never let apt or debconf ask a question.
 export DEBIAN_FRONTEND=noninteractive
@@ -267,6 +298,11 @@ fi
 apt_install python3
 PYTHON=/usr/bin/python3
 [[ -x $PYTHON ]] || die "$PYTHON is missing after installing python3"
+if $firewall; then
+    # The iptables command, as Docker uses it (docker.io depends on it already).
+    apt_install iptables
+    command -v iptables >/dev/null || die "iptables is not in PATH after installing the iptables package"
+fi
 
 command -v dockerd >/dev/null || die "dockerd is not in PATH after installing the Docker engine"
 command -v docker >/dev/null || die "the docker CLI is not in PATH after installing the Docker engine"
@@ -535,6 +571,89 @@ info "cgroup driver: ${actual_cgroup_driver:-unknown}, cgroup version: $(docker 
 if [[ -n "$actual_cgroup_driver" && "$actual_cgroup_driver" != "$expected_cgroup_driver" ]]; then
     warn "dockerd uses the '$actual_cgroup_driver' cgroup driver, setup.sh expected '$expected_cgroup_driver';" \
         "runsc's --systemd-cgroup argument may need adjusting (--runsc-arg)"
+fi
+
+# ------------------------------------------------------------ firewall --
+# Docker keeps deployments from each other, not from the host: a container can
+# open connections to any address of the host (its network's gateway, eth0,
+# docker0, ...) and so reach mcp-runner's API when it listens on 0.0.0.0, and
+# every other service of the host. Docker writes no INPUT rules, so these are
+# mcp-runner's own, in a chain of their own. RETURN, not ACCEPT: the chain only
+# ever takes traffic away, the host's INPUT rules still decide the rest.
+
+iptables_() { iptables -w 20 "$@"; }
+
+# fw_rules CHAIN: the rules of CHAIN, one a line, as the words after "-A CHAIN".
+fw_rules() {
+    iptables_ -S "$1" 2>/dev/null | sed -n "s/^-A $1 //p"
+}
+
+# fw_ensure_once CHAIN POSITION WORD...: makes the rule WORD... appear exactly
+# once in CHAIN, at POSITION (1-based), or with POSITION "any" where it is or
+# at the end. A missing rule is added before duplicates are removed, so there
+# is no moment without it. Sets fw_changed=true when it changed something.
+fw_ensure_once() {
+    local chain=$1 position=$2 keep=-1 i rules=()
+    shift 2
+    local rule="$*"
+    mapfile -t rules < <(fw_rules "$chain")
+    if [[ $position == any ]]; then
+        for i in "${!rules[@]}"; do
+            if [[ "${rules[$i]}" == "$rule" ]]; then keep=$i; break; fi
+        done
+        if ((keep < 0)); then
+            iptables_ -A "$chain" "$@" || die "iptables -A $chain $rule failed"
+            fw_changed=true
+            return 0
+        fi
+    else
+        if [[ "${rules[$((position - 1))]:-}" != "$rule" ]]; then
+            ((position <= ${#rules[@]} + 1)) || position=$((${#rules[@]} + 1))
+            iptables_ -I "$chain" "$position" "$@" || die "iptables -I $chain $position $rule failed"
+            fw_changed=true
+            mapfile -t rules < <(fw_rules "$chain")
+        fi
+        keep=$((position - 1))
+    fi
+    # Duplicates, from the last so that the numbers of the others stay valid.
+    for ((i = ${#rules[@]} - 1; i >= 0; i--)); do
+        if ((i != keep)) && [[ "${rules[$i]}" == "$rule" ]]; then
+            iptables_ -D "$chain" $((i + 1)) || die "iptables -D $chain $((i + 1)) failed"
+            fw_changed=true
+        fi
+    done
+}
+
+if $firewall; then
+    step "Host firewall: deployment networks may not open connections to this host"
+    pools=()
+    for p in "${network_pools[@]}"; do
+        # As iptables prints it, so that a rerun finds the rule it wrote.
+        n=$("$PYTHON" -c 'import ipaddress, sys; print(ipaddress.IPv4Network(sys.argv[1]))' "$p" 2>/dev/null) \
+            || die "--network-pool $p is not an IPv4 network a.b.c.d/n without host bits"
+        pools+=("$n")
+    done
+    exec 9>"$FIREWALL_LOCK"
+    flock -w 30 9 || die "could not take $FIREWALL_LOCK within 30 s"
+    fw_changed=false
+    if ! iptables_ -S "$FIREWALL_CHAIN" >/dev/null 2>&1; then
+        iptables_ -N "$FIREWALL_CHAIN" 2>"$work/iptables.err" || iptables_ -S "$FIREWALL_CHAIN" >/dev/null 2>&1 \
+            || { cat "$work/iptables.err" >&2; die "could not create the iptables chain $FIREWALL_CHAIN"; }
+        fw_changed=true
+    fi
+    fw_ensure_once "$FIREWALL_CHAIN" 1 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+    fw_ensure_once "$FIREWALL_CHAIN" 2 -i lo -j RETURN
+    for p in "${pools[@]}"; do
+        fw_ensure_once "$FIREWALL_CHAIN" any -s "$p" -j DROP
+    done
+    fw_ensure_once INPUT 1 -j "$FIREWALL_CHAIN"
+    exec 9>&-
+    if $fw_changed; then info "rules installed"; else info "rules already in place"; fi
+    iptables_ -S INPUT 2>/dev/null | grep -F -- "-j $FIREWALL_CHAIN" | sed 's/^/    /'
+    iptables_ -S "$FIREWALL_CHAIN" 2>/dev/null | grep '^-A' | sed 's/^/    /'
+else
+    step "Host firewall: left alone (--no-firewall)"
+    warn "deployment containers can open connections to this host unless mcp-runner installs the rules (FIREWALL=on, its default)"
 fi
 
 # --------------------------------------------------------- data directory --

@@ -295,6 +295,9 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
             return;
         }
     };
+    if config.firewall {
+        crate::firewall::protect_host(&config.network_pool).await;
+    }
     let deployments = Deployments::new(
         state.store().clone(),
         runtime,

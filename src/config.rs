@@ -70,6 +70,13 @@ pub struct Config {
     #[arg(long, env = "NETWORK_SUBNET_PREFIX", default_value_t = 28)]
     pub network_subnet_prefix: u8,
 
+    /// Keep the host firewall rules (iptables chain MCP-RUNNER-INPUT, jumped to from INPUT)
+    /// that drop connections from NETWORK_POOL to this host, mcp-runner's own port included.
+    /// Needs the iptables command and CAP_NET_ADMIN; a failure is logged, not fatal.
+    #[arg(long, env = "FIREWALL", value_name = "on|off", default_value = "on",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub firewall: bool,
+
     /// Memory limit in MB for deployments that do not set `maxMemory`; 0 means no limit.
     #[arg(long, env = "DEFAULT_MAX_MEMORY", default_value_t = 512)]
     pub default_max_memory: u64,
@@ -318,6 +325,15 @@ mod tests {
         let r = parse_uid_range("200000-200009").expect("valid");
         assert_eq!(r.len(), 10);
         assert!(r.contains(200009) && !r.contains(200010));
+    }
+
+    #[test]
+    fn firewall_is_on_unless_switched_off() {
+        assert!(parse(&[]).firewall);
+        assert!(!parse(&["--firewall", "off"]).firewall);
+        assert!(parse(&["--firewall", "on"]).firewall);
+        let mut all = vec!["mcp-runner", "--firewall", "maybe"];
+        assert!(Config::try_parse_from(all.drain(..)).is_err());
     }
 
     #[test]

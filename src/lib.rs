@@ -12,6 +12,7 @@ pub mod config;
 pub mod deployments;
 pub mod domain;
 pub mod error;
+pub mod firewall;
 pub mod metrics;
 pub mod reaper;
 pub mod runtime;

@@ -58,6 +58,8 @@ fn help_documents_every_option_and_its_environment_variable() {
         "PIDS_LIMIT",
         "ALLOWED_ORIGINS",
         "SESSION_IDLE_SECONDS",
+        "FIREWALL",
+        "METRICS_REQUIRE_API_KEY",
     ] {
         assert!(stdout.contains(&format!("[env: {env}")), "{env} documented");
     }

@@ -248,7 +248,13 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
     let foreign = format!("foreign-{}", &mcp_runner::deployments::new_id()[3..15]);
     crate::support::docker::docker(&["network", "create", "--subnet", held, &foreign]);
     let app = TestApp::spawn_with(Options {
-        args: vec!["--network-pool".into(), "10.250.17.0/27".into()],
+        // No firewall rule for this throwaway pool: rules outlive the server.
+        args: vec![
+            "--network-pool".into(),
+            "10.250.17.0/27".into(),
+            "--firewall".into(),
+            "off".into(),
+        ],
         ..Options::default()
     })
     .await;

@@ -5,6 +5,7 @@
 
 mod api;
 mod bridge;
+mod hostile;
 mod lifecycle;
 mod lifecycle_background;
 mod support;

@@ -76,6 +76,9 @@ pub struct Options {
     pub reuse: Option<(String, PathBuf)>,
     /// Wait until Docker answered and reconciliation finished.
     pub wait_ready: bool,
+    /// Address to listen on (the port is always picked by the system); `url` uses 127.0.0.1
+    /// when this is 0.0.0.0.
+    pub bind_ip: std::net::IpAddr,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             args: vec![],
             reuse: None,
             wait_ready: true,
+            bind_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }
@@ -127,10 +131,13 @@ impl TestApp {
         args.extend(opts.args);
         let config = Config::try_parse_from(&args).expect("test config parses");
         config.validate().expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((opts.bind_ip, 0))
             .await
             .expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let mut addr: SocketAddr = listener.local_addr().expect("addr");
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let server = Server::build(config, API_KEY.to_owned())
             .await
             .expect("server builds");
