@@ -351,6 +351,7 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
         .with_state(state)
         .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
         .layer(axum::middleware::from_fn(crate::api::count_http))
+        .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -72,3 +72,81 @@ fn openapi_subcommand_prints_the_document() {
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(doc["info"]["title"], "mcp-runner");
 }
+
+/// Starts the server without Docker and returns its first stdout lines, until it has said
+/// that it listens and that Docker does not answer.
+fn first_lines(format: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(BIN)
+        .args([
+            "--api-key",
+            "0123456789abcdef0123456789abcdef",
+            "--port",
+            "0",
+            "--bind-ip",
+            "127.0.0.1",
+            "--docker-host",
+            "unix:///nonexistent/docker.sock",
+            "--firewall",
+            "off",
+            "--log-format",
+            format,
+        ])
+        .arg("--db-path")
+        .arg(dir.path().join("app.db"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mcp-runner");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    let (mut listening, mut docker) = (false, false);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("utf-8 line");
+        listening |= line.contains("mcp-runner listening");
+        docker |= line.contains("Docker is not answering yet");
+        lines.push(line);
+        if (listening && docker) || lines.len() > 50 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_text_logs_have_no_colours_in_a_pipe() {
+    let lines = first_lines("json");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Docker is not answering yet")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+    }
+    let listening = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|v| v["message"] == "mcp-runner listening")
+        .expect("the listening line");
+    assert_eq!(listening["level"], "INFO");
+    assert!(
+        listening["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+
+    let lines = first_lines("text");
+    assert!(lines.iter().any(|l| l.contains("mcp-runner listening")));
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "no ANSI escapes when stdout is not a terminal: {lines:?}"
+    );
+}
