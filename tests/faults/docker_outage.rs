@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dockerd::Outage;
-use crate::runner::{self, Runner, Settings, bounded, echo, initialize, summary};
-use crate::support::fixture_image;
+use crate::runner::{self, Runner, Settings, bounded, echo, initialize, labelled, rows, summary};
+use crate::support::docker::users_of;
 use crate::support::mcp::Client;
+use crate::support::{eventually, fixture_image};
 
 /// Longest an answer may take while Docker is away.
 const BOUND: Duration = Duration::from_secs(15);
@@ -140,17 +141,34 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
     assert_eq!(app.healthz().await, 200);
     assert!(app.alive(), "mcp-runner survives requests without Docker");
 
-    // Docker back: nothing the refused requests began may be left over.
+    // Docker back: nothing the refused create began may be left over (its host user, its
+    // row), once the retries that wait for Docker have run.
     std::os::unix::fs::symlink(&target, &link).expect("link the Docker socket again");
     app.wait_ready().await;
+    let cleaned = Instant::now();
+    eventually(
+        "the leftovers of the create refused without Docker to be removed",
+        Duration::from_secs(60),
+        || async {
+            let rows = rows(&app.db_path).await;
+            let users = users_of(&app.instance);
+            (rows.len() == 2 && users.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let cleaned_in = cleaned.elapsed();
+    assert_eq!(labelled("container", &app.instance).len(), 2);
+    assert_eq!(labelled("network", &app.instance).len(), 2);
     assert_eq!(echo(&app, &stopped_id, "back").await.as_deref(), Ok("back"));
     app.teardown().await;
     summary(&format!(
         "faults/docker-unreachable: before the socket readyz 503 ({why_start}); connected {:.1} s \
          after it appeared; without it readyz 503 ({why_gone}), create 503, initialize \
-         {init_status} in {} ms; total {:.1} s",
+         {init_status} in {} ms; with it back the refused create's leftovers were gone after \
+         {:.1} s; total {:.1} s",
         connected_in.as_secs_f64(),
         took.as_millis(),
+        cleaned_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
 }
