@@ -82,8 +82,10 @@ async fn create_delete_cycles_leak_nothing() {
     app.teardown().await;
     summary(&format!(
         "faults/cycles: {CYCLES} create+delete cycles ({LANES} at a time) after {WARM_UP} warm-up \
-         in {:.1} s ({:.2} s per cycle); before: {}; after: {}; nothing left; total {:.1} s",
+         in {:.1} s ({:.2} s per cycle, {:.1} s each); before: {}; after: {}; nothing left; \
+         total {:.1} s",
         took.as_secs_f64(),
+        took.as_secs_f64() / CYCLES as f64,
         took.as_secs_f64() * LANES as f64 / CYCLES as f64,
         usage_line(before),
         usage_line(after),
