@@ -355,8 +355,9 @@ impl Deployments {
         }
     }
 
-    /// Removes whatever of a failed create exists, then its row. Failures are logged: the
-    /// row stays `creating` then, and start-up reconciliation finishes the job.
+    /// Removes whatever of a failed create exists, then its row. When that fails (Docker
+    /// went away: the cause of many failed creates) the row becomes `deleting`, and the
+    /// reaper retries the deletion until it succeeds.
     async fn undo(&self, d: &Deployment) {
         match self.teardown(d).await {
             Ok(()) => {
@@ -365,7 +366,10 @@ impl Deployments {
                 }
             }
             Err(e) => {
-                tracing::error!(deployment.id = %d.id, error = %e, "cannot undo a failed create; reconciliation will retry")
+                tracing::error!(deployment.id = %d.id, error = %e, "cannot undo a failed create; the reaper will retry");
+                if let Err(e) = self.inner.store.set_deleting(&d.id).await {
+                    tracing::error!(deployment.id = %d.id, error = %e, "cannot hand a failed create to the reaper; start-up reconciliation will undo it");
+                }
             }
         }
     }

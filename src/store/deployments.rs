@@ -300,6 +300,17 @@ impl Store {
         Ok(Some(d))
     }
 
+    /// Marks a row for deletion whatever its status: the undo of a failed create hands its
+    /// row to the reaper this way. Returns whether there was a row.
+    pub async fn set_deleting(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE deployments SET status = 'deleting' WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("mark a failed create for deletion"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Saves the stderr tail of a deployment.
     pub async fn set_stderr(&self, id: &str, stderr: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE deployments SET stderr = ? WHERE id = ?")

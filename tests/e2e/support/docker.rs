@@ -126,9 +126,14 @@ fn managed(kind: &str) -> Vec<(String, String)> {
 
 /// Removes what earlier, interrupted test runs left behind (instances named `t-…`).
 pub fn sweep_leftovers() {
+    sweep_instances(|instance| instance.starts_with("t-"));
+}
+
+/// Removes the containers, networks and host users of every instance id `chosen` accepts.
+pub fn sweep_instances(chosen: impl Fn(&str) -> bool) {
     for (kind, remove) in [("container", ["rm", "-f"]), ("network", ["network", "rm"])] {
         for (id, instance) in managed(kind) {
-            if instance.starts_with("t-") {
+            if chosen(&instance) {
                 let _ = Command::new("docker").args(remove).arg(id).output();
             }
         }
@@ -136,7 +141,11 @@ pub fn sweep_leftovers() {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     for l in passwd.lines() {
         let f: Vec<&str> = l.split(':').collect();
-        if f.len() > 4 && f[4].starts_with("mcp-runner/t-") {
+        let instance = f
+            .get(4)
+            .and_then(|c| c.strip_prefix("mcp-runner/"))
+            .and_then(|c| c.split('/').next());
+        if instance.is_some_and(&chosen) {
             let _ = Command::new("userdel").arg(f[0]).output();
             let _ = Command::new("groupdel").arg(f[0]).output();
         }

@@ -24,7 +24,6 @@ pub async fn fixture_image() -> &'static str {
 
 fn build() {
     super::docker::require_docker();
-    super::docker::sweep_leftovers();
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // A target directory of its own: no lock contention with the cargo running the tests,
     // and the static flags do not invalidate the main build.

@@ -51,16 +51,22 @@ where
     }
 }
 
-/// A running mcp-runner under test.
-pub struct TestApp {
+/// The HTTP API of a running mcp-runner, in-process ([`TestApp`]) or a child process.
+#[derive(Clone)]
+pub struct Api {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// A running mcp-runner under test; its API through `Deref`.
+pub struct TestApp {
+    api: Api,
     /// Its instance id (labels of everything it makes).
     pub instance: String,
     /// Its database file.
     pub db_path: PathBuf,
-    /// HTTP client.
-    pub http: reqwest::Client,
     state: AppState,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -102,6 +108,15 @@ impl TestApp {
     pub async fn spawn_with(opts: Options) -> TestApp {
         init_logging();
         docker::require_docker();
+        // Once per run, before this run makes anything: what interrupted runs left.
+        static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        SWEPT
+            .get_or_init(|| async {
+                tokio::task::spawn_blocking(docker::sweep_leftovers)
+                    .await
+                    .expect("sweep task");
+            })
+            .await;
         let (instance, db_path, dir) = match opts.reuse {
             Some((instance, db)) => (instance, db, None),
             None => {
@@ -145,10 +160,9 @@ impl TestApp {
         let stop = server.shutdown_token();
         let task = tokio::spawn(server.serve(listener, std::future::pending()));
         let app = TestApp {
-            url: format!("http://{addr}"),
+            api: Api::new(format!("http://{addr}")),
             instance,
             db_path,
-            http: reqwest::Client::new(),
             state,
             stop,
             task,
@@ -173,6 +187,35 @@ impl TestApp {
             .expect("server task joins")
             .expect("server stops cleanly");
         (self.instance, self.db_path, self._dir)
+    }
+
+    /// Deletes every deployment through the API, stops the server, and asserts that no
+    /// container, network, host user or row of this instance is left.
+    pub async fn teardown(self) {
+        for d in self.list().await {
+            let id = d["id"].as_str().expect("id");
+            let (status, body) = self.delete(id).await;
+            assert_eq!(status, 200, "teardown delete failed: {body}");
+        }
+        let (instance, db_path, _dir) = self.stop().await;
+        assert_nothing_left(&instance, &db_path).await;
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
+    /// The API at `url`.
+    pub fn new(url: String) -> Api {
+        Api {
+            url,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// The Streamable HTTP endpoint of deployment `id`.
@@ -241,18 +284,6 @@ impl TestApp {
             .await
             .expect("delete request");
         json_of(resp).await
-    }
-
-    /// Deletes every deployment through the API, stops the server, and asserts that no
-    /// container, network, host user or row of this instance is left.
-    pub async fn teardown(self) {
-        for d in self.list().await {
-            let id = d["id"].as_str().expect("id");
-            let (status, body) = self.delete(id).await;
-            assert_eq!(status, 200, "teardown delete failed: {body}");
-        }
-        let (instance, db_path, _dir) = self.stop().await;
-        assert_nothing_left(&instance, &db_path).await;
     }
 }
 

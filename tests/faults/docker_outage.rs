@@ -1,0 +1,254 @@
+//! Docker going away: unreachable at start-up and during requests (a DOCKER_HOST socket path
+//! that appears and disappears), and a restart of dockerd under running deployments.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::dockerd::Outage;
+use crate::runner::{self, Runner, Settings, bounded, echo, initialize, labelled, rows, summary};
+use crate::support::docker::users_of;
+use crate::support::mcp::Client;
+use crate::support::{eventually, fixture_image};
+
+/// Longest an answer may take while Docker is away.
+const BOUND: Duration = Duration::from_secs(15);
+
+/// The socket of the real daemon.
+fn docker_socket() -> PathBuf {
+    let path = match std::env::var("DOCKER_HOST") {
+        Ok(host) if host.starts_with("unix://") => PathBuf::from(&host["unix://".len()..]),
+        Ok(host) if !host.is_empty() => {
+            panic!("this test needs Docker on a unix socket, DOCKER_HOST is {host}")
+        }
+        _ => PathBuf::from("/var/run/docker.sock"),
+    };
+    assert!(
+        is_socket(&path),
+        "{} is not Docker's socket",
+        path.display()
+    );
+    path
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Asserts a readiness answer of 503 whose `docker` check is not `ok`; returns that check.
+fn docker_not_ready(status: u16, body: &Value) -> String {
+    assert_eq!(status, 503, "readyz while Docker is away: {body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    let docker = body["checks"]["docker"].as_str().unwrap_or("").to_owned();
+    assert!(
+        !docker.is_empty() && docker != "ok",
+        "readyz names docker: {body}"
+    );
+    docker
+}
+
+/// Asserts a management error answer: 503 with the JSON error body.
+fn unavailable(status: u16, body: &Value, what: &str) {
+    assert_eq!(status, 503, "{what}: {body}");
+    assert_eq!(body["statusCode"], 503, "{what}: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what} says why: {body}"
+    );
+}
+
+/// Asserts a JSON-RPC error answer with a 5xx status.
+fn rpc_failure(status: u16, body: &Value, what: &str) {
+    assert!((500..600).contains(&status), "{what}: {status} {body}");
+    assert_eq!(body["jsonrpc"], "2.0", "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+}
+
+async fn create(app: &Runner, body: &Value) -> (u16, Value) {
+    bounded("a create", BOUND, app.create(body)).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_unreachable_at_start_up_and_during_requests() {
+    let _turn = runner::one_at_a_time().await;
+    let started = Instant::now();
+    let image = fixture_image().await;
+    let body = json!({"image": image, "transport": {"type": "stdio"}});
+    let sockdir = tempfile::tempdir().expect("temp dir");
+    let link = sockdir.path().join("docker.sock");
+    let mut settings = Settings::new("unreach", 2);
+    settings.docker_host = Some(format!("unix://{}", link.display()));
+    let mut app = Runner::start(settings).await;
+
+    // No socket yet: alive, not ready, creates refused with a clear 503.
+    assert_eq!(app.healthz().await, 200);
+    let (status, ready) = app.readyz().await;
+    let why_start = docker_not_ready(status, &ready);
+    let (status, refused) = create(&app, &body).await;
+    unavailable(status, &refused, "a create before Docker answered");
+    assert!(app.alive(), "mcp-runner survives requests without Docker");
+
+    // The socket appears: mcp-runner connects by itself.
+    let target = docker_socket();
+    std::os::unix::fs::symlink(&target, &link).expect("link the Docker socket");
+    let connected_in = app.wait_ready().await;
+    let running = app.create_fixture(json!({})).await;
+    let stopped = app.create_fixture(json!({"autoStart": false})).await;
+    let running_id = running["id"].as_str().expect("id").to_owned();
+    let stopped_id = stopped["id"].as_str().expect("id").to_owned();
+    let session = Client::streamable(&app.mcp_url(&running_id), "outage").await;
+    assert_eq!(
+        session.call("echo", json!({"text": "up"})).await.as_deref(),
+        Ok("up")
+    );
+
+    // The socket goes away.
+    std::fs::remove_file(&link).expect("remove the socket link");
+    let (status, ready) = bounded("readyz", BOUND, app.readyz()).await.0;
+    let why_gone = docker_not_ready(status, &ready);
+    let (status, refused) = create(&app, &body).await;
+    unavailable(status, &refused, "a create while Docker is away");
+    // A stopped deployment needs Docker to start: a JSON-RPC error, in bounded time.
+    let ((init_status, rpc), took) =
+        bounded("an MCP initialize", BOUND, initialize(&app, &stopped_id)).await;
+    rpc_failure(
+        init_status,
+        &rpc,
+        "initialize of a stopped deployment without Docker",
+    );
+    // Reading needs only the database; a running stdio server's session needs only its
+    // attach stream, which is open already.
+    assert_eq!(app.list().await.len(), 2);
+    assert_eq!(
+        bounded(
+            "tools/call",
+            BOUND,
+            session.call("echo", json!({"text": "still"}))
+        )
+        .await
+        .0
+        .as_deref(),
+        Ok("still")
+    );
+    session.close().await;
+    assert_eq!(app.healthz().await, 200);
+    assert!(app.alive(), "mcp-runner survives requests without Docker");
+
+    // Docker back: nothing the refused create began may be left over (its host user, its
+    // row), once the retries that wait for Docker have run.
+    std::os::unix::fs::symlink(&target, &link).expect("link the Docker socket again");
+    app.wait_ready().await;
+    let cleaned = Instant::now();
+    eventually(
+        "the leftovers of the create refused without Docker to be removed",
+        Duration::from_secs(60),
+        || async {
+            let rows = rows(&app.db_path).await;
+            let users = users_of(&app.instance);
+            (rows.len() == 2 && users.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let cleaned_in = cleaned.elapsed();
+    assert_eq!(labelled("container", &app.instance).len(), 2);
+    assert_eq!(labelled("network", &app.instance).len(), 2);
+    assert_eq!(echo(&app, &stopped_id, "back").await.as_deref(), Ok("back"));
+    app.teardown().await;
+    summary(&format!(
+        "faults/docker-unreachable: before the socket readyz 503 ({why_start}); connected {:.1} s \
+         after it appeared; without it readyz 503 ({why_gone}), create 503, initialize \
+         {init_status} in {} ms; with it back the refused create's leftovers were gone after \
+         {:.1} s; total {:.1} s",
+        connected_in.as_secs_f64(),
+        took.as_millis(),
+        cleaned_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_restart_under_running_deployments() {
+    let _turn = runner::one_at_a_time().await;
+    let started = Instant::now();
+    fixture_image().await;
+    let app = Runner::start(Settings::new("dockerd", 1)).await;
+    app.wait_ready().await;
+    let ids: Vec<String> = [
+        app.create_fixture(json!({})).await,
+        app.create_fixture(json!({})).await,
+    ]
+    .iter()
+    .map(|d| d["id"].as_str().expect("id").to_owned())
+    .collect();
+    let session = Client::streamable(&app.mcp_url(&ids[0]), "before").await;
+    assert_eq!(
+        session
+            .call("echo", json!({"text": "before"}))
+            .await
+            .as_deref(),
+        Ok("before")
+    );
+    assert_eq!(echo(&app, &ids[1], "before").await.as_deref(), Ok("before"));
+
+    let stopping = Instant::now();
+    let outage = tokio::task::spawn_blocking(Outage::begin)
+        .await
+        .expect("stop dockerd");
+    let stopped_in = stopping.elapsed();
+
+    let (status, ready) = bounded("readyz", BOUND, app.readyz()).await.0;
+    let why = docker_not_ready(status, &ready);
+    // The open session's server is gone with its container; a new session needs Docker.
+    let (call, call_took) = bounded(
+        "tools/call on an open session",
+        BOUND,
+        session.call("echo", json!({"text": "during"})),
+    )
+    .await;
+    assert!(call.is_err(), "a tools/call during the outage: {call:?}");
+    let ((status, rpc), init_took) =
+        bounded("an MCP initialize", BOUND, initialize(&app, &ids[1])).await;
+    rpc_failure(status, &rpc, "initialize during the outage");
+    session.close().await;
+
+    let starting = Instant::now();
+    tokio::task::spawn_blocking(move || outage.end())
+        .await
+        .expect("start dockerd");
+    let docker_back = starting.elapsed();
+    let ready_in = app.wait_ready().await;
+
+    // Both deployments answer again: their containers are started on demand.
+    for id in &ids {
+        assert_eq!(echo(&app, id, "after").await.as_deref(), Ok("after"));
+    }
+    let mut listed: Vec<String> = app
+        .list()
+        .await
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect();
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    app.teardown().await;
+    summary(&format!(
+        "faults/dockerd-restart: dockerd stopped in {:.1} s; during the outage readyz 503 ({why}), \
+         tools/call error in {} ms, initialize {status} in {} ms; dockerd answered {:.1} s after \
+         start, mcp-runner ready {:.1} s later; both deployments answered again; total {:.1} s",
+        stopped_in.as_secs_f64(),
+        call_took.as_millis(),
+        init_took.as_millis(),
+        docker_back.as_secs_f64(),
+        ready_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+}
