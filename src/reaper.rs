@@ -125,7 +125,9 @@ async fn perform(d: &Deployments, action: &Action) -> Result<(), String> {
     let (kind, result) = match action {
         Action::Pause(id) => ("pause", d.pause(id).await),
         Action::Delete(id) => {
-            tracing::info!(deployment.id = %id, "deleting idle deployment");
+            // A row already `deleting` may be in the hands of an API delete: the attempt
+            // then stands back, so this is no news.
+            tracing::debug!(deployment.id = %id, "reaper deleting");
             ("delete", d.delete(id).await)
         }
     };

@@ -201,7 +201,13 @@ impl Bridge {
             tokio::select! {
                 () = self.stop.cancelled() => break,
                 ev = events.recv() => match ev {
-                    Ok(Lifecycle::Deleting(id) | Lifecycle::Paused(id)) => self.end_deployment(&id),
+                    Ok(Lifecycle::Deleting(id)) => {
+                        self.end_deployment(&id);
+                        // Gone for good: forget its bookkeeping too.
+                        lock(&self.touched).remove(&id);
+                        lock(&self.starting).remove(&id);
+                    }
+                    Ok(Lifecycle::Paused(id)) => self.end_deployment(&id),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => break,
                 },
