@@ -1,4 +1,8 @@
-//! Images: used when present locally, otherwise pulled with progress logged.
+//! Images: used when present locally, otherwise pulled with progress logged. Creates that
+//! need the same missing image at the same time share one pull.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
@@ -7,17 +11,62 @@ use crate::metrics::{METRICS, OutcomeLabels};
 
 use super::{FailureKind, Runtime, RuntimeError, classify, docker_err};
 
-impl Runtime {
-    /// Makes sure `image` is present locally, pulling it when it is not.
-    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
-        {
-            let _permit = self.permit().await;
-            match self.docker.inspect_image(image).await {
-                Ok(_) => return Ok(()),
-                Err(e) if classify(&e) == FailureKind::NotFound => {}
-                Err(e) => return Err(docker_err("inspect the image")(e)),
-            }
+/// One lock per key, held while the work for that key runs; entries go when unused.
+#[derive(Debug, Default)]
+pub struct KeyedLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// Runs `work` while holding the lock of `key`.
+    pub async fn with<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
+        let lock = self.map().entry(key.to_owned()).or_default().clone();
+        let result = {
+            let _held = lock.lock().await;
+            work.await
+        };
+        let mut map = self.map();
+        // Only the map and this caller hold it: nobody waits, forget it.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(key);
         }
+        result
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Runtime {
+    /// Whether `image` is present locally.
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        let _permit = self.permit().await;
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if classify(&e) == FailureKind::NotFound => Ok(false),
+            Err(e) => Err(docker_err("inspect the image")(e)),
+        }
+    }
+
+    /// Makes sure `image` is present locally, pulling it when it is not. Concurrent callers
+    /// for one missing image wait for a single pull.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.has_image(image).await? {
+            return Ok(());
+        }
+        self.pulls
+            .with(image, async {
+                // Whoever held the lock before may have pulled it.
+                if self.has_image(image).await? {
+                    return Ok(());
+                }
+                self.counted_pull(image).await
+            })
+            .await
+    }
+
+    async fn counted_pull(&self, image: &str) -> Result<(), RuntimeError> {
         let pulled = self.pull(image).await;
         let outcome = if pulled.is_ok() { "ok" } else { "error" };
         METRICS
@@ -113,5 +162,41 @@ mod tests {
             ("registry:5000/team/img", "v1")
         );
         assert_eq!(split_tag("img@sha256:abc"), ("img@sha256:abc", ""));
+    }
+}
+
+#[cfg(test)]
+mod keyed_tests {
+    use super::KeyedLocks;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_callers_of_one_key_share_the_work() {
+        let locks = Arc::new(KeyedLocks::default());
+        let done = Arc::new(AtomicUsize::new(0));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, done, runs) = (locks.clone(), done.clone(), runs.clone());
+                tokio::spawn(async move {
+                    locks
+                        .with("image:1", async {
+                            // The check-then-work of ensure_image.
+                            if done.load(Ordering::SeqCst) == 0 {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                tokio::task::yield_now().await;
+                                done.store(1, Ordering::SeqCst);
+                            }
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(locks.map().is_empty(), "unused locks are forgotten");
     }
 }

@@ -177,6 +177,8 @@ pub struct Runtime {
     settings: Arc<RuntimeSettings>,
     /// Caps concurrent Docker API calls so a burst of creates cannot swamp the daemon.
     permits: Arc<Semaphore>,
+    /// One pull at a time per image.
+    pulls: Arc<image::KeyedLocks>,
 }
 
 impl Runtime {
@@ -198,6 +200,7 @@ impl Runtime {
             docker,
             settings: Arc::new(settings),
             permits: Arc::new(Semaphore::new(concurrency)),
+            pulls: Arc::default(),
         })
     }
 
