@@ -122,6 +122,8 @@ pub struct Bridge {
     hubs: Mutex<HashMap<String, Arc<StdioHub>>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     touched: Mutex<HashMap<String, i64>>,
+    /// The server URL of each HTTP deployment whose container this bridge saw running.
+    upstream_urls: Mutex<HashMap<String, String>>,
     stop: CancellationToken,
 }
 
@@ -149,6 +151,7 @@ impl Bridge {
             hubs: Mutex::default(),
             starting: Mutex::default(),
             touched: Mutex::default(),
+            upstream_urls: Mutex::default(),
             stop,
         });
         tokio::spawn(bridge.clone().watch());
@@ -206,6 +209,7 @@ impl Bridge {
                         // Gone for good: forget its bookkeeping too.
                         lock(&self.touched).remove(&id);
                         lock(&self.starting).remove(&id);
+                        lock(&self.upstream_urls).remove(&id);
                     }
                     Ok(Lifecycle::Paused(id)) => self.end_deployment(&id),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -321,15 +325,7 @@ impl Bridge {
                     Upstream::Stdio(hub)
                 }
                 Transport::StreamableHttp { endpoint } | Transport::Sse { endpoint } => {
-                    let d = {
-                        let start = self.start_lock(&d.id);
-                        let _guard = start.lock().await;
-                        self.deployments.start(&d.id).await?
-                    };
-                    let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
-                        return Err(BridgeError::UnknownDeployment);
-                    };
-                    let url = self.wait_ready(container, network, endpoint).await?;
+                    let url = self.http_url(&d, endpoint).await?;
                     self.http_upstream(&d.transport, url, authorization, &session)
                         .await?
                 }
@@ -344,6 +340,28 @@ impl Bridge {
         lock(&self.sessions).insert(link.session.id.clone(), link.clone());
         self.touch(deployment_id);
         Ok(link)
+    }
+
+    /// The URL of an HTTP deployment's server, starting its container when needed. While
+    /// the container is known to run (its stderr follower is alive), a new session costs no
+    /// Docker call and no database write.
+    async fn http_url(&self, d: &Deployment, endpoint: &str) -> Result<String, BridgeError> {
+        if self.deployments.known_running(&d.id)
+            && let Some(url) = lock(&self.upstream_urls).get(&d.id)
+        {
+            return Ok(url.clone());
+        }
+        let d = {
+            let start = self.start_lock(&d.id);
+            let _guard = start.lock().await;
+            self.deployments.start(&d.id).await?
+        };
+        let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
+            return Err(BridgeError::UnknownDeployment);
+        };
+        let url = self.wait_ready(container, network, endpoint).await?;
+        lock(&self.upstream_urls).insert(d.id.clone(), url.clone());
+        Ok(url)
     }
 
     fn start_lock(&self, deployment_id: &str) -> Arc<tokio::sync::Mutex<()>> {

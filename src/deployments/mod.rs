@@ -568,6 +568,12 @@ impl Deployments {
         Ok(())
     }
 
+    /// Whether the deployment's container is known to run without asking Docker: its stderr
+    /// follower is alive (it ends when the container stops).
+    pub fn known_running(&self, id: &str) -> bool {
+        self.inner.stderr.is_following(id)
+    }
+
     /// A deployment visible through the API (running or stopped), with its live stderr.
     pub async fn get(&self, id: &str) -> Result<Deployment, DeployError> {
         match self.inner.store.get(id).await? {

@@ -153,6 +153,11 @@ impl StderrHub {
         followers.get(deployment_id).map(|f| lock(&f.tail).text())
     }
 
+    /// Whether a follower runs for the deployment (its container runs).
+    pub fn is_following(&self, deployment_id: &str) -> bool {
+        lock(&self.followers).contains_key(deployment_id)
+    }
+
     /// Stops following a deployment (its task saves the tail one last time).
     pub fn stop(&self, deployment_id: &str) {
         if let Some(f) = lock(&self.followers).remove(deployment_id) {
