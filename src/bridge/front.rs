@@ -20,6 +20,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -35,6 +36,11 @@ use crate::runtime::FailureKind;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Keep-alive comments on idle streams.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a request that may stream waits for its first message before its SSE stream
+/// starts. A response that comes first and alone is sent as plain JSON: one write instead
+/// of a stream's headers, events and end. Progress, log messages or server requests that
+/// come first, or a slower server, start the stream (the priming event included) at once.
+const JSON_IF_ANSWERED_WITHIN: Duration = Duration::from_millis(100);
 
 /// The MCP routes, with their own body limit.
 pub fn routes(max_body: usize) -> Router<AppState> {
@@ -303,16 +309,45 @@ fn check_protocol_header(headers: &HeaderMap) -> Result<(), Reject> {
 }
 
 fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
-    sse_stream(rx, ())
+    sse_stream(Vec::new(), rx, ())
+}
+
+/// The answer to a request that may stream (see `JSON_IF_ANSWERED_WITHIN`).
+async fn streamed_answer(link: &Link, mut rx: mpsc::Receiver<SseEvent>, prime: bool) -> Response {
+    let mut first = Vec::with_capacity(3);
+    if prime && let Some(priming) = rx.recv().await {
+        first.push(priming);
+    }
+    if let Ok(Some(event)) = tokio::time::timeout(JSON_IF_ANSWERED_WITHIN, rx.recv()).await {
+        match rx.try_recv() {
+            // The stream ended with this one message, and not because the session did: it
+            // was the response.
+            Err(mpsc::error::TryRecvError::Disconnected) if !link.session.is_closed() => {
+                return (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    event.data.to_string(),
+                )
+                    .into_response();
+            }
+            Ok(next) => first.extend([event, next]),
+            Err(_) => first.push(event),
+        }
+    }
+    sse_stream(first, rx, ())
 }
 
 /// An SSE response written by hand (axum's `Event` cannot write the empty `data:` line of a
 /// priming event), with keep-alive comments while idle. `guard` lives as long as the body:
 /// it is dropped when the client goes away.
-fn sse_stream<G: Send + 'static>(rx: mpsc::Receiver<SseEvent>, guard: G) -> Response {
+fn sse_stream<G: Send + 'static>(
+    first: Vec<SseEvent>,
+    rx: mpsc::Receiver<SseEvent>,
+    guard: G,
+) -> Response {
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.reset();
-    let body = futures_util::stream::unfold(
+    let first = futures_util::stream::iter(first).map(|e| Ok::<_, Infallible>(frame(&e)));
+    let rest = futures_util::stream::unfold(
         (rx, guard, keep_alive),
         |(mut rx, guard, mut keep_alive)| async move {
             let bytes = tokio::select! {
@@ -323,6 +358,7 @@ fn sse_stream<G: Send + 'static>(rx: mpsc::Receiver<SseEvent>, guard: G) -> Resp
             Some((Ok::<_, Infallible>(bytes), (rx, guard, keep_alive)))
         },
     );
+    let body = first.chain(rest);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -441,7 +477,7 @@ async fn mcp_post(
                     .is_some_and(|v| version::primes_streams(&v));
                 let rx = link.session.open_request_stream(key, prime);
                 forward(&link, message)?;
-                Ok(sse_response(rx))
+                Ok(streamed_answer(&link, rx, prime).await)
             } else {
                 let rx = link.session.expect_json(key);
                 forward(&link, message)?;
@@ -537,7 +573,7 @@ async fn sse_get(
         bridge: bridge.clone(),
         link,
     };
-    Ok(sse_stream(rx, guard))
+    Ok(sse_stream(Vec::new(), rx, guard))
 }
 
 /// Query of the legacy message endpoint.

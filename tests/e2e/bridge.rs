@@ -432,6 +432,23 @@ async fn a_stopped_deployment_starts_on_the_first_request() {
     app.teardown().await;
 }
 
+/// The response to a request: the JSON body, or the last message of its SSE stream.
+async fn final_answer(resp: reqwest::Response) -> Value {
+    let json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return resp.json().await.expect("JSON answer");
+    }
+    let events = read_events(resp, |d| {
+        d.contains("\"result\"") || d.contains("\"error\"")
+    })
+    .await;
+    serde_json::from_str(&events.last().expect("answer").1).expect("JSON message")
+}
+
 /// Reads SSE events from a response until `stop` says enough; returns (id, data) pairs.
 async fn read_events(
     resp: reqwest::Response,
@@ -464,6 +481,48 @@ async fn read_events(
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_quick_lone_answer_is_json_and_anything_before_it_streams() {
+    let app = TestApp::spawn().await;
+    let d = app.create_fixture(json!({})).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    let sid = raw_session(&app, &id).await;
+    let call = |n: i64, name: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+               "params": {"name": name, "arguments": args}})
+    };
+
+    let resp = post(
+        &app,
+        &id,
+        Some(&sid),
+        &call(2, "add", json!({"a": 1, "b": 2})),
+    )
+    .await;
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let answer: Value = resp.json().await.expect("json");
+    assert_eq!(answer["id"], 2);
+    assert_eq!(answer["result"]["content"][0]["text"], "3");
+
+    // Progress comes before the response: a stream, then both in order.
+    let mut slow = call(3, "slow", json!({"steps": 2, "delay_ms": 10}));
+    slow["params"]["_meta"] = json!({"progressToken": "p"});
+    let resp = post(&app, &id, Some(&sid), &slow).await;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = read_events(resp, |d| d.contains("\"result\"")).await;
+    assert!(
+        events
+            .iter()
+            .any(|(_, d)| d.contains("notifications/progress")),
+        "{events:?}"
+    );
+    assert!(
+        events.last().expect("answer").1.contains("\"id\":3"),
+        "{events:?}"
+    );
+    app.teardown().await;
 }
 
 #[tokio::test]
@@ -645,8 +704,7 @@ async fn the_clients_authorization_reaches_http_upstreams() {
         let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "auth_header", "arguments": {}}});
         let resp = send(call, Some(sid)).await.expect("call");
-        let events = read_events(resp, |d| d.contains("\"result\"")).await;
-        let answer: Value = serde_json::from_str(&events.last().expect("answer").1).expect("json");
+        let answer = final_answer(resp).await;
         assert_eq!(
             answer["result"]["content"][0]["text"], "Bearer secret-token",
             "{name}: {answer}"
