@@ -292,8 +292,10 @@ impl Config {
     }
 }
 
-/// Docker refuses memory limits below 6 MB.
-pub const MIN_MEMORY_MB: u64 = 6;
+/// The smallest memory limit a deployment may ask for. Docker refuses limits below 6 MB,
+/// and a gVisor sandbox is killed while it starts under about 12 MB (its own kernel lives
+/// in the limit too); 32 MB leaves room for the smallest real server.
+pub const MIN_MEMORY_MB: u64 = 32;
 
 #[cfg(test)]
 mod tests {

@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, DeploymentId};
 use super::model::{
     CreateDeploymentRequest, CreateDeploymentResponse, DeleteDeploymentResponse, DeploymentData,
     DeploymentLogsResponse, GetDeploymentResponse, LogsQuery, last_lines,
@@ -49,7 +49,12 @@ async fn create_deployment(
     ApiJson(body): ApiJson<CreateDeploymentRequest>,
 ) -> Result<(StatusCode, Json<CreateDeploymentResponse>), ApiError> {
     let request = body.validate(&state.limits)?;
-    let deployment = state.deployments()?.create(request).await?;
+    let deployments = state.deployments()?.clone();
+    // A client that hangs up must not cut a create in half: it runs to its end (or its undo)
+    // on a task of its own.
+    let deployment = tokio::spawn(async move { deployments.create(request).await })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the create task failed: {e}")))??;
     Ok((
         StatusCode::CREATED,
         Json(CreateDeploymentResponse {
@@ -96,7 +101,7 @@ async fn list_deployments(
 )]
 async fn get_deployment(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    DeploymentId(id): DeploymentId,
 ) -> Result<Json<GetDeploymentResponse>, ApiError> {
     let deployment = state.deployments()?.get(&id).await?;
     Ok(Json(GetDeploymentResponse {
@@ -126,9 +131,13 @@ async fn get_deployment(
 )]
 async fn delete_deployment(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    DeploymentId(id): DeploymentId,
 ) -> Result<Json<DeleteDeploymentResponse>, ApiError> {
-    state.deployments()?.delete(&id).await?;
+    let deployments = state.deployments()?.clone();
+    // Same for a delete: it finishes even if the client goes away.
+    tokio::spawn(async move { deployments.delete(&id).await })
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the delete task failed: {e}")))??;
     Ok(Json(DeleteDeploymentResponse {
         message: "Deployment deleted successfully".to_owned(),
     }))
@@ -160,7 +169,7 @@ async fn delete_deployment(
 )]
 async fn deployment_logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    DeploymentId(id): DeploymentId,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<DeploymentLogsResponse>, ApiError> {
     let Query(query) =

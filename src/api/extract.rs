@@ -1,9 +1,11 @@
 //! `ApiJson<T>`: the JSON body extractor of the management API. Every way a body can be wrong
 //! (content type, size, syntax, shape) becomes an `ApiError` with the common error body, and
-//! shape errors name the field at fault.
+//! shape errors name the field at fault. `DeploymentId`: the `{id}` of a path; one that is not
+//! even text (bad percent-encoding) names no deployment, so it is the usual 404.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
@@ -34,6 +36,21 @@ where
             }
         })?;
         parse(&bytes).map(ApiJson)
+    }
+}
+
+/// The deployment id of the path.
+#[derive(Debug)]
+pub struct DeploymentId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeploymentId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| DeploymentId(id))
+            .map_err(|_| ApiError::NotFound("Deployment not found".to_owned()))
     }
 }
 

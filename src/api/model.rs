@@ -37,9 +37,10 @@ pub struct CreateDeploymentRequest {
     /// Environment variables of the container.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
-    /// Memory limit in MB (whole number, at least 6); the server's default when absent.
+    /// Memory limit in MB (whole number, at least 32: the gVisor sandbox itself lives in
+    /// it); the server's default when absent.
     #[serde(default)]
-    #[schema(minimum = 6, example = 256)]
+    #[schema(minimum = 32, example = 256)]
     pub max_memory: Option<f64>,
     /// CPU limit in cores (at least 0.1, at most the host's CPU count); the server's default
     /// when absent.

@@ -378,20 +378,28 @@ impl Deployments {
     /// names stand in for ids a failed create never learned.
     async fn teardown(&self, d: &Deployment) -> Result<(), DeployError> {
         let rt = &self.inner.runtime;
-        if d.session_mode == SessionMode::Isolated {
-            for c in rt.list_containers().await? {
-                if c.deployment_id == d.id && c.session.is_some() {
-                    rt.remove_container(&c.id).await?;
+        // Docker's parts go in order (the network is busy until its container is gone);
+        // the host user needs no Docker and goes even when Docker does not answer.
+        let docker = async {
+            if d.session_mode == SessionMode::Isolated {
+                for c in rt.list_containers().await? {
+                    if c.deployment_id == d.id && c.session.is_some() {
+                        rt.remove_container(&c.id).await?;
+                    }
                 }
             }
+            let name = object_name(&d.id);
+            let container = d.container_id.as_deref().unwrap_or(&name);
+            rt.stop_container(container, STOP_GRACE_SECS).await?;
+            rt.remove_container(container).await?;
+            rt.remove_network(d.network_id.as_deref().unwrap_or(&name))
+                .await?;
+            Ok::<_, RuntimeError>(())
         }
-        let name = object_name(&d.id);
-        let container = d.container_id.as_deref().unwrap_or(&name);
-        rt.stop_container(container, STOP_GRACE_SECS).await?;
-        rt.remove_container(container).await?;
-        rt.remove_network(d.network_id.as_deref().unwrap_or(&name))
-            .await?;
-        self.inner.users.delete(&d.username).await?;
+        .await;
+        let user = self.inner.users.delete(&d.username).await;
+        docker?;
+        user?;
         Ok(())
     }
 

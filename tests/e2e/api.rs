@@ -53,6 +53,7 @@ async fn every_validation_rule_is_a_400_naming_the_field() {
         (stdio(json!({"env": {"BAD-NAME": "x"}})), "env.BAD-NAME"),
         (stdio(json!({"maxMemory": 0})), "maxMemory"),
         (stdio(json!({"maxMemory": 5})), "maxMemory"),
+        (stdio(json!({"maxMemory": 31})), "maxMemory"),
         (stdio(json!({"maxMemory": 1_000_000})), "maxMemory"),
         (stdio(json!({"maxMemory": "lots"})), "maxMemory"),
         (stdio(json!({"maxCpus": 0.01})), "maxCpus"),
@@ -152,7 +153,44 @@ async fn unknown_deployment_is_404_with_the_contract_body() {
     );
     let (status, _) = app.delete("dp_doesnotexist000000000000").await;
     assert_eq!(status, 404);
+    // An id that is not even text names no deployment either.
+    for method in [Method::GET, Method::DELETE] {
+        let resp = app
+            .authed(method.clone(), "/api/deployment/%FF")
+            .send()
+            .await
+            .expect("send");
+        let (status, body) = json_of(resp).await;
+        assert_error_body(status, &body, 404);
+    }
     app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_create_finishes_even_when_its_client_hangs_up() {
+    let app = TestApp::spawn().await;
+    let image = crate::support::fixture_image().await;
+    let hung_up = app
+        .authed(Method::POST, "/api/deployment")
+        .json(&json!({"image": image, "transport": {"type": "stdio"}}))
+        .timeout(std::time::Duration::from_millis(50))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client gave up first: {hung_up:?}");
+    // The create carried on: the deployment shows up complete, never half made.
+    let made = crate::support::eventually(
+        "the abandoned create to finish",
+        std::time::Duration::from_secs(60),
+        || async {
+            let all = app.list().await;
+            (all.len() == 1 && all[0]["status"] == "running").then(|| all[0].clone())
+        },
+    )
+    .await;
+    assert_eq!(crate::support::row_count(&app.db_path).await, 1);
+    assert_eq!(app.delete(made["id"].as_str().expect("id")).await.0, 200);
+    let (instance, db, _dir) = app.stop().await;
+    crate::support::assert_nothing_left(&instance, &db).await;
 }
 
 #[tokio::test]
