@@ -19,6 +19,8 @@
 #     status_code_conformance       only documented status codes
 #     content_type_conformance      only documented content types
 #     response_schema_conformance   bodies match the documented schemas
+#     use_after_free                a deleted deployment is gone (stateful phase)
+#     ensure_resource_availability  a created deployment can be fetched (stateful phase)
 #
 # tests/fuzz/hooks.py lets creates succeed (a share of them use the local fixture image, as no
 # registry is reachable), drops the one environmental failure (502 when a pull cannot reach
@@ -68,7 +70,7 @@ readonly FIXTURE_IMAGE=mcp-runner-fuzz-fixture:latest
 readonly NETWORK_POOL=10.240.240.0/20
 readonly UID_RANGE=3960000-3964999
 readonly TRIPLE=x86_64-unknown-linux-gnu
-readonly CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+readonly CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,use_after_free,ensure_resource_availability
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mcp-runner-target}"
 
 SYSTEM_PYTHON=/usr/bin/python3
