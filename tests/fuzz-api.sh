@@ -19,6 +19,8 @@
 #     status_code_conformance       only documented status codes
 #     content_type_conformance      only documented content types
 #     response_schema_conformance   bodies match the documented schemas
+#     use_after_free                a deleted deployment is gone (stateful phase)
+#     ensure_resource_availability  a created deployment can be fetched (stateful phase)
 #
 # tests/fuzz/hooks.py lets creates succeed (a share of them use the local fixture image, as no
 # registry is reachable), drops the one environmental failure (502 when a pull cannot reach
@@ -68,9 +70,10 @@ readonly FIXTURE_IMAGE=mcp-runner-fuzz-fixture:latest
 readonly NETWORK_POOL=10.240.240.0/20
 readonly UID_RANGE=3960000-3964999
 readonly TRIPLE=x86_64-unknown-linux-gnu
-readonly CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+readonly CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,use_after_free,ensure_resource_availability
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mcp-runner-target}"
 
+SYSTEM_PYTHON=/usr/bin/python3
 PY=$VENV/bin/python
 ST=$VENV/bin/st
 
@@ -154,22 +157,17 @@ command -v docker >/dev/null 2>&1 || fail "docker not found: run ./setup.sh firs
 timeout 20 docker info >/dev/null 2>&1 || fail "the Docker daemon does not answer: run ./setup.sh first"
 docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' ||
     fail "Docker has no runsc runtime: run ./setup.sh first"
-apt_packages=()
-command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
-command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    apt_packages+=(python3-venv)
-fi
-if ((${#apt_packages[@]} > 0)); then
-    echo "installing with apt-get: ${apt_packages[*]}"
+apt_install() {
+    echo "installing with apt-get: $*"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
-    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 ||
-        fail "python3 cannot make a venv even after installing python3-venv"
-fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v curl >/dev/null 2>&1 || apt_install curl
+# The distribution's interpreter, as setup.sh uses, not whatever python3 comes first in PATH.
+[[ -x $SYSTEM_PYTHON ]] || apt_install python3
 echo "cargo: $(cargo --version)"
 echo "docker: $(docker version --format '{{.Server.Version}}')"
-echo "python: $(python3 --version)"
+echo "python: $("$SYSTEM_PYTHON" --version)"
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 # ---------------------------------------------------------------------------
@@ -177,13 +175,18 @@ banner "Schemathesis $SCHEMATHESIS_VERSION (venv $VENV)"
 grep -qx "schemathesis==$SCHEMATHESIS_VERSION" "$REQUIREMENTS" ||
     fail "$REQUIREMENTS does not pin schemathesis==$SCHEMATHESIS_VERSION"
 STAMP=$VENV/.installed
-WANT="$(python3 --version) $(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+WANT="$("$SYSTEM_PYTHON" --version) $(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
 if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" && -x $ST ]]; then
     echo "already installed"
 else
     rm -rf "$VENV"
     mkdir -p "$PREFIX"
-    python3 -m venv "$VENV"
+    # Debian ships venv's pip bootstrap separately, in python3-venv.
+    if ! "$SYSTEM_PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        "$SYSTEM_PYTHON" -m venv "$VENV" || fail "$SYSTEM_PYTHON cannot make a venv"
+    fi
     "$PY" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQUIREMENTS"
     echo "$WANT" >"$STAMP"
 fi
@@ -220,7 +223,7 @@ sweep_instance # what an interrupted earlier run may have left
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 DB=$WORK/app.db
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 API_KEY=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 BASE=http://127.0.0.1:$PORT
 RUNNER_LOG=$RESULTS/mcp-runner.log
@@ -298,9 +301,11 @@ left=$(docker network ls -q --filter "$label" | tr '\n' ' ')
 [[ -z $left ]] || PROBLEMS+=("networks left: $left")
 left=$(instance_users | tr '\n' ' ')
 [[ -z $left ]] || PROBLEMS+=("host users left: $left")
-rows=$("$PY" -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from deployments").fetchone()[0])' "$DB" 2>&1) ||
+if rows=$("$PY" -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from deployments").fetchone()[0])' "$DB" 2>&1); then
+    [[ $rows == 0 ]] || PROBLEMS+=("rows left in the database: $rows")
+else
     PROBLEMS+=("cannot read the database: $rows")
-[[ $rows == 0 ]] || PROBLEMS+=("rows left in the database: $rows")
+fi
 if ((${#PROBLEMS[@]} == 0)); then
     echo "nothing left: no containers, networks, host users or rows of $INSTANCE"
 fi
@@ -317,7 +322,7 @@ try:
 except (OSError, ValueError) as e:
     print(f"no Schemathesis report: {e}")
     with open(out_path, "w") as out:
-        out.write("0 0 1\n")
+        out.write("0 1 0\n")  # no cases counted, one failure (the missing report)
     sys.exit(0)
 cases = report["test_cases"]
 print(f"Schemathesis {report['schemathesis_version']}, {report['running_time']:.0f} s, "
@@ -339,9 +344,14 @@ for name, entries in report.get("warnings", {}).items():
 try:
     with open(responses_path) as f:
         stats = json.load(f)
-    print("responses (operation, status: count):")
+    print("responses (method path status: count):")
+    undocumented = 0
     for key, count in stats["responses"].items():
-        print(f"  {key}: {count}")
+        if key.endswith(" 405"):
+            undocumented += count
+        else:
+            print(f"  {key}: {count}")
+    print(f"  405 to undocumented methods (coverage phase): {undocumented}")
     print(f"creates sent with the fixture image: {stats['fixture_image_substitutions']}")
     blocked = sum(c for k, c in stats["responses"].items() if k.endswith(" 403"))
 except (OSError, ValueError, KeyError) as e:
