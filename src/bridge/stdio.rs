@@ -15,14 +15,15 @@
 //! `notifications/resources/updated` only the sessions that subscribed to the resource.
 //! Servers that keep per-client state beyond this need `sessionMode: "isolated"`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +135,67 @@ struct Hub {
     /// The capabilities each session declared in its own `initialize`.
     capabilities: HashMap<String, Value>,
     last_speaker: Option<String>,
-    stdin: Option<mpsc::UnboundedSender<Bytes>>,
+    stdin: Option<Arc<Stdin>>,
+}
+
+/// The process's stdin, written by the hub task alone.
+struct Stdin {
+    writer: tokio::sync::Mutex<std::pin::Pin<Box<dyn AsyncWrite + Send>>>,
+    /// Lines (or their rest) the pipe did not take at once, oldest first.
+    queue: std::sync::Mutex<VecDeque<Bytes>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Stdin {
+    /// Writes `line` now if nothing waits before it and the pipe takes it; queues the rest.
+    fn send(&self, mut line: Bytes) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.is_empty()
+            && let Ok(mut writer) = self.writer.try_lock()
+        {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            while !line.is_empty() {
+                match writer.as_mut().poll_write(&mut cx, &line) {
+                    Poll::Ready(Ok(n)) if n > 0 => line.advance(n),
+                    // The pipe is closed: the stdout side notices the end.
+                    Poll::Ready(_) => return,
+                    Poll::Pending => break,
+                }
+            }
+            if line.is_empty() {
+                // A socket needs no flush; anything buffered is flushed by the next write.
+                let _ = writer.as_mut().poll_flush(&mut cx);
+                return;
+            }
+        }
+        queue.push_back(line);
+        self.wake.notify_one();
+    }
+
+    /// Writes what `send` queued, in order, waiting for the pipe.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                let next = self
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .front()
+                    .cloned();
+                let Some(line) = next else { break };
+                let mut writer = self.writer.lock().await;
+                if writer.write_all(&line).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+                drop(writer);
+                self.queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop_front();
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -149,18 +210,16 @@ impl Hub {
         let Attached {
             mut stdout, stdin, ..
         } = attached;
-        // A writer task of its own: a server that stops reading stdin must not stop us from
-        // reading its stdout (that would deadlock both).
-        let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Bytes>();
-        self.stdin = Some(stdin_tx);
-        let writer = tokio::spawn(async move {
-            let mut stdin = stdin;
-            while let Some(line) = stdin_rx.recv().await {
-                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-                    break;
-                }
-            }
+        // A line goes to stdin at once when the pipe takes it (no task switch on the way);
+        // what the pipe cannot take now waits for a writer task of its own, so that a server
+        // that stops reading stdin cannot stop us from reading its stdout.
+        let stdin = Arc::new(Stdin {
+            writer: tokio::sync::Mutex::new(stdin),
+            queue: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
         });
+        self.stdin = Some(stdin.clone());
+        let writer = tokio::spawn(stdin.drain());
         let mut lines = LineAssembler::new(max_line);
         let reason = loop {
             tokio::select! {
@@ -202,7 +261,7 @@ impl Hub {
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');
         if let Some(stdin) = &self.stdin {
-            let _ = stdin.send(Bytes::from(line));
+            stdin.send(Bytes::from(line));
         }
     }
 
