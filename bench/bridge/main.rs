@@ -19,7 +19,7 @@
 //!
 //! Knobs (environment): `BENCH_CALLS` (3000 echo calls per case), `BENCH_WARMUP` (200),
 //! `BENCH_MAX_SECONDS` (10: a side's case stops early after this long, warm-up after a fifth
-//! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8`),
+//! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8,32`),
 //! `BENCH_PAYLOAD_KB` (`1,64,1024`; empty: none), `BENCH_PAYLOAD_MB` (32 MB per payload
 //! size), `BENCH_ONLY` (`direct` or `bridge`, for profiling), `BENCH_LOG` (log filter to
 //! stderr; without it the server logs at `info`, as by default, into a sink).
@@ -68,7 +68,7 @@ impl Options {
             calls: env_or("BENCH_CALLS", 3000)?,
             warmup: env_or("BENCH_WARMUP", 200)?,
             rounds: env_or("BENCH_ROUNDS", 3)?,
-            concurrency: env_list("BENCH_CONCURRENCY", "1,8")?
+            concurrency: env_list("BENCH_CONCURRENCY", "1,8,32")?
                 .into_iter()
                 .map(|c| c as usize)
                 .collect(),
