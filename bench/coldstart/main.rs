@@ -28,9 +28,11 @@
 //! made is removed at the end, also after an error or Ctrl-C.
 //!
 //! Knobs (environment): `COLDSTART_RUNS` (10 measured runs per side), `COLDSTART_WARMUP`
-//! (1 unmeasured pair first), `COLDSTART_BASELINE_NETWORK` (`bridge`, as `docker run`; `none`
-//! to leave networking out of the baseline), `BENCH_LOG` (log filter to stderr; without it
-//! the server logs at `info`, as by default, into a sink).
+//! (1 unmeasured pair first), `COLDSTART_BASELINE_NETWORK` (the baseline's Docker network:
+//! `bridge`, as `docker run`; `none` to leave networking out; `fresh` for a new network made
+//! like a deployment's before each run, outside the timed span; or the name of a network),
+//! `BENCH_LOG` (log filter to stderr; without it the server logs at `info`, as by default,
+//! into a sink).
 
 mod observe;
 #[allow(dead_code)] // every benchmark uses a part of it
@@ -84,6 +86,10 @@ const SERVER_ARGS: [&str; 4] = [
 
 /// First UID of the host users made to time that step alone (above the server's range).
 const PROBE_UID: u32 = 3_810_000;
+
+/// `COLDSTART_BASELINE_NETWORK` value that gives each baseline run a network of its own made
+/// like a deployment's (outside the timed span).
+const FRESH_NETWORK: &str = "fresh";
 
 /// The bridge ratio the benchmark aims at.
 const TARGET_RATIO: f64 = 1.2;
@@ -318,8 +324,9 @@ impl Bench<'_> {
                 let b = self.bridge(live).await.context("bridge cold start")?;
                 (b, d)
             };
+            let span = |t: &Timeline, f: usize, to: usize| cell(t.between(f, to).map(ms));
             eprintln!(
-                "  {} {:>2}: bridge {:>7.1} ms, docker run {:>7.1} ms",
+                "  {} {:>2}: bridge {:>7.1} ms (network|user {:>6}, start {:>6}), docker run {:>7.1} ms (start {:>6})",
                 if warm { "warm-up" } else { "run    " },
                 if warm {
                     i + 1
@@ -327,7 +334,10 @@ impl Bench<'_> {
                     i - self.opts.warmup + 1
                 },
                 ms(b.total()),
-                ms(d.total())
+                span(&b, B_ROW, B_CREATE_SENT),
+                span(&b, B_START_SENT, B_PROCESS),
+                ms(d.total()),
+                span(&d, D_ATTACHED, D_STARTED),
             );
             let alone = self.alone(i).await;
             if !warm {
@@ -459,7 +469,16 @@ impl Bench<'_> {
     /// container's removal.
     async fn direct(&self, run: usize, live: &mut Live) -> anyhow::Result<Timeline> {
         let name = format!("{}-{run}", self.direct_instance);
-        let spec = setup::direct_spec(&name, &self.opts.baseline_network);
+        let fresh = self.opts.baseline_network == FRESH_NETWORK;
+        let network = if fresh {
+            // Made like a deployment's network (bridge, ICC off, a /28), before the clock
+            // starts; the final sweep removes it should the run fail.
+            let subnet = format!("10.202.{}.0/28", run % 256);
+            self.runtime.create_network(&name, Some(&subnet)).await?
+        } else {
+            self.opts.baseline_network.clone()
+        };
+        let spec = setup::direct_spec(&name, &network);
         let t0 = Instant::now();
         let (container, attached, launch) = DirectContainer::launch(self.runtime, &spec).await?;
         let container = live.container.insert(container);
@@ -470,6 +489,9 @@ impl Bench<'_> {
         drop(client);
         container.remove().await;
         live.container = None;
+        if fresh {
+            self.runtime.remove_network(&network).await?;
+        }
         let since = |i: Instant| Some(i.saturating_duration_since(t0));
         let mut at: Vec<Option<Duration>> = vec![None; DIRECT_MARKS.len()];
         at[0] = Some(Duration::ZERO);
