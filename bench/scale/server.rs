@@ -57,6 +57,8 @@ impl ChildServer {
             .env("CLEANUP_ON_SHUTDOWN", "true")
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
+            // Plain text in the log file (and in the tail printed after a failure).
+            .env("NO_COLOR", "1")
             .env_remove("SENTRY_DSN")
             .stdin(Stdio::null())
             .stdout(out)
