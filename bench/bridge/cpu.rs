@@ -4,9 +4,9 @@
 //! (10 ms) is plenty over thousands of calls.
 
 use std::ops::Sub;
-use std::process::Command;
 
-use crate::setup::SERVER_THREADS;
+use crate::support::procfs::{tick_seconds, ticks};
+use crate::support::setup::SERVER_THREADS;
 
 /// Name prefix of the benchmark client's runtime threads.
 pub const CLIENT_THREADS: &str = "bench-client";
@@ -65,21 +65,9 @@ pub struct CpuProbe {
 impl CpuProbe {
     /// A probe that counts the shims and sandboxes of `containers` (Docker ids).
     pub fn new(containers: Vec<String>) -> CpuProbe {
-        let hz = Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .filter(|hz| *hz > 0.0)
-            .unwrap_or(100.0);
         CpuProbe {
             containers,
-            tick_us: 1e6 / hz,
+            tick_us: tick_seconds() * 1e6,
         }
     }
 
@@ -152,18 +140,6 @@ fn entries(dir: &str) -> Vec<(String, String)> {
             Some((n, comm.trim().to_owned()))
         })
         .collect()
-}
-
-/// utime + stime of a `stat` file.
-fn ticks(path: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0;
-    };
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
 }
 
 /// Busy ticks of all CPUs (everything but idle and iowait).

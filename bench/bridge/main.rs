@@ -19,14 +19,15 @@
 //!
 //! Knobs (environment): `BENCH_CALLS` (3000 echo calls per case), `BENCH_WARMUP` (200),
 //! `BENCH_MAX_SECONDS` (10: a side's case stops early after this long, warm-up after a fifth
-//! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8`),
+//! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8,32`),
 //! `BENCH_PAYLOAD_KB` (`1,64,1024`; empty: none), `BENCH_PAYLOAD_MB` (32 MB per payload
 //! size), `BENCH_ONLY` (`direct` or `bridge`, for profiling), `BENCH_LOG` (log filter to
 //! stderr; without it the server logs at `info`, as by default, into a sink).
 
-mod client;
 mod cpu;
-mod setup;
+#[allow(dead_code)] // every benchmark uses a part of it
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,9 +35,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use client::{Direct, Http, Sample, Transport, Work, drive};
 use cpu::{Cpu, CpuProbe, GROUPS};
-use setup::{DirectContainer, RunnerServer};
+use support::api::fixture_deployment;
+use support::client::{Direct, Http, Sample, Transport, Work, drive};
+use support::setup::{self, DirectContainer, RunnerServer};
+use support::{env_list, env_or, ms, quantile};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -52,28 +55,6 @@ struct Options {
     bridge: bool,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
-        _ => Ok(default),
-    }
-}
-
-fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<u64>> {
-    let v = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && *s != "0")
-        .map(|s| {
-            s.parse()
-                .map_err(|_| anyhow!("{name}={v:?}: {s:?} is not a number"))
-        })
-        .collect()
-}
-
 impl Options {
     fn from_env() -> anyhow::Result<Options> {
         let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -87,7 +68,7 @@ impl Options {
             calls: env_or("BENCH_CALLS", 3000)?,
             warmup: env_or("BENCH_WARMUP", 200)?,
             rounds: env_or("BENCH_ROUNDS", 3)?,
-            concurrency: env_list("BENCH_CONCURRENCY", "1,8")?
+            concurrency: env_list("BENCH_CONCURRENCY", "1,8,32")?
                 .into_iter()
                 .map(|c| c as usize)
                 .collect(),
@@ -106,7 +87,7 @@ impl Options {
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; there is nothing to parse.
-    if let Err(e) = setup::preflight() {
+    if let Err(e) = setup::preflight("bridge") {
         eprintln!("bridge benchmark: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -176,12 +157,14 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
             let t = Instant::now();
             let (c, attached) = DirectContainer::start(&setup::instance_id("d")).await?;
             let c = container.insert(c);
-            let s = RunnerServer::start(&setup::instance_id("s"), cores).await?;
+            let s = RunnerServer::start(&setup::instance_id("s"), cores, &[]).await?;
             let s = server.insert(s);
-            let (dep, dep_container) = s.create_deployment().await?;
+            // The bridge starts it on the first session (attached before the start).
+            let created = s.api.create(&fixture_deployment(Some(false))).await?;
+            let (dep, dep_container) = (created.id, created.container_id);
             deployment = Some(dep.clone());
             let direct = Direct::connect(attached).await.context("direct session")?;
-            let http = Http::connect(s.mcp_url(&dep))
+            let http = Http::connect(s.api.mcp_url(&dep))
                 .await
                 .context("bridge session")?;
             eprintln!(
@@ -209,7 +192,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
     // Clean up whatever was made, whatever happened.
     let t = Instant::now();
     if let (Some(s), Some(dep)) = (&server, &deployment)
-        && let Err(e) = s.delete_deployment(dep).await
+        && let Err(e) = s.api.delete(dep).await
     {
         eprintln!("clean-up: {e:#}");
     }
@@ -353,19 +336,6 @@ impl Bench<'_> {
             probe: self.probe.clone(),
         })
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// The `q` quantile (0..=1) of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 struct Stats {

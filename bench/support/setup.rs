@@ -1,5 +1,5 @@
-//! What the benchmark stands on: the host check, the fixture image, the direct container, the
-//! in-process mcp-runner and its deployment, and the clean-up of all of them.
+//! What the benchmarks stand on: the host check, the fixture image, the direct container, the
+//! in-process mcp-runner, and the clean-up of all of them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,13 +12,14 @@ use clap::Parser;
 use mcp_runner::app::{AppState, Server};
 use mcp_runner::config::Config;
 use mcp_runner::runtime::{Attached, Runtime, RuntimeSettings, SandboxSpec};
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use super::api::Api;
 
 /// Tag of the benchmark's fixture image (not the tests' tag: both may build at once).
 pub const FIXTURE_IMAGE: &str = "mcp-runner-bench-fixture:latest";
-/// API key of the in-process server.
-const API_KEY: &str = "bench-key-0123456789abcdef";
+/// API key of the servers the benchmarks start.
+pub const API_KEY: &str = "bench-key-0123456789abcdef";
 /// Prefix of the benchmark's instance ids: `bench-<pid>-<random>`.
 const INSTANCE_PREFIX: &str = "bench-";
 /// Memory and CPU limits of both containers (the same for the direct and the bridged one).
@@ -26,8 +27,9 @@ pub const MEMORY_MB: u64 = 256;
 /// CPU limit of both containers, in cores.
 pub const CPUS: f64 = 1.0;
 
-/// Fails with a clear message unless this runs as root with Docker and gVisor.
-pub fn preflight() -> anyhow::Result<()> {
+/// Fails with a clear message unless this runs as root with Docker and gVisor; `bench` names
+/// the benchmark in it.
+pub fn preflight(bench: &str) -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
     let euid = status
         .lines()
@@ -36,8 +38,8 @@ pub fn preflight() -> anyhow::Result<()> {
         .unwrap_or("?");
     if euid != "0" {
         bail!(
-            "the bridge benchmark must run as root (mcp-runner creates host users and drives the \
-             Docker socket); run it as root, e.g. `sudo -E cargo bench --bench bridge`"
+            "the {bench} benchmark must run as root (mcp-runner creates host users and drives \
+             the Docker socket); run it as root, e.g. `sudo -E cargo bench --bench {bench}`"
         );
     }
     let out = Command::new("docker")
@@ -89,6 +91,16 @@ fn abandoned(instance: &str) -> bool {
 
 /// Removes containers, networks and host users that interrupted benchmark runs left.
 pub fn sweep_leftovers() {
+    sweep(abandoned, "left by an interrupted run");
+}
+
+/// Removes containers, networks and host users of `instance` (after a failure).
+pub fn sweep_instance(instance: &str) {
+    sweep(|i| i == instance, "left behind");
+}
+
+/// Removes the containers, networks and host users of the instances `doomed` picks.
+fn sweep(doomed: impl Fn(&str) -> bool, why: &str) {
     for (list, remove) in [
         (vec!["ps", "-a"], vec!["rm", "-f"]),
         (vec!["network", "ls"], vec!["network", "rm"]),
@@ -102,8 +114,8 @@ pub fn sweep_leftovers() {
         ]);
         let Ok(out) = docker(&args) else { continue };
         for (id, instance) in out.lines().filter_map(|l| l.split_once(' ')) {
-            if abandoned(instance) {
-                eprintln!("removing {id} left by an interrupted run ({instance})");
+            if doomed(instance) {
+                eprintln!("removing {id} {why} ({instance})");
                 let mut rm = remove.clone();
                 rm.push(id);
                 let _ = docker(&rm);
@@ -117,8 +129,8 @@ pub fn sweep_leftovers() {
             .get(4)
             .and_then(|c| c.strip_prefix("mcp-runner/"))
             .and_then(|c| c.split('/').next());
-        if instance.is_some_and(abandoned) {
-            eprintln!("removing host user {} left by an interrupted run", f[0]);
+        if instance.is_some_and(&doomed) {
+            eprintln!("removing host user {} {why}", f[0]);
             let _ = Command::new("userdel").arg(f[0]).output();
             let _ = Command::new("groupdel").arg(f[0]).output();
         }
@@ -183,6 +195,53 @@ pub fn build_fixture() -> anyhow::Result<()> {
 // The direct container: the same sandbox settings as a deployment, made with mcp-runner's
 // own runtime code, attached by the benchmark itself.
 
+/// mcp-runner's runtime code with a deployment's sandbox settings, for containers the
+/// benchmark makes itself under instance `instance`.
+pub async fn direct_runtime(instance: &str) -> anyhow::Result<Runtime> {
+    Ok(Runtime::connect(
+        None,
+        RuntimeSettings {
+            oci_runtime: "runsc".to_owned(),
+            dns: vec!["8.8.8.8".to_owned()],
+            pids_limit: 256,
+            log_max_mb: 10,
+            instance_id: instance.to_owned(),
+        },
+        4,
+    )?
+    .negotiate()
+    .await?)
+}
+
+/// The sandbox of a direct fixture container named after `name`, on Docker network `network`
+/// (`none`: a stdio server needs none; `bridge`: what `docker run` gives).
+pub fn direct_spec(name: &str, network: &str) -> SandboxSpec {
+    SandboxSpec {
+        deployment_id: name.to_owned(),
+        image: FIXTURE_IMAGE.to_owned(),
+        args: None,
+        env: BTreeMap::new(),
+        uid: 65534,
+        gid: 65534,
+        memory_mb: Some(MEMORY_MB),
+        cpus: Some(CPUS),
+        network: network.to_owned(),
+        stdin: true,
+        session: None,
+    }
+}
+
+/// When each step of a launch was done.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch {
+    /// The container exists.
+    pub created: Instant,
+    /// Its stdio is attached.
+    pub attached: Instant,
+    /// It runs.
+    pub started: Instant,
+}
+
 /// A fixture container under runsc, attached and started.
 pub struct DirectContainer {
     runtime: Runtime,
@@ -191,37 +250,27 @@ pub struct DirectContainer {
 }
 
 impl DirectContainer {
-    /// Creates, attaches and starts the container; returns it with its attachment.
+    /// Creates, attaches and starts a container without a network under instance `instance`;
+    /// returns it with its attachment.
     pub async fn start(instance: &str) -> anyhow::Result<(DirectContainer, Attached)> {
-        let runtime = Runtime::connect(
-            None,
-            RuntimeSettings {
-                oci_runtime: "runsc".to_owned(),
-                dns: vec!["8.8.8.8".to_owned()],
-                pids_limit: 256,
-                log_max_mb: 10,
-                instance_id: instance.to_owned(),
-            },
-            4,
-        )?
-        .negotiate()
-        .await?;
-        let spec = SandboxSpec {
-            deployment_id: instance.to_owned(),
-            image: FIXTURE_IMAGE.to_owned(),
-            args: None,
-            env: BTreeMap::new(),
-            uid: 65534,
-            gid: 65534,
-            memory_mb: Some(MEMORY_MB),
-            cpus: Some(CPUS),
-            // stdio needs no network.
-            network: "none".to_owned(),
-            stdin: true,
-            session: None,
+        let runtime = direct_runtime(instance).await?;
+        let (container, attached, _) =
+            DirectContainer::launch(&runtime, &direct_spec(instance, "none")).await?;
+        Ok((container, attached))
+    }
+
+    /// Creates a container of `spec`, attaches to its stdio and starts it (what
+    /// `docker run -i` does), noting when each step was done. A failed step removes it again.
+    pub async fn launch(
+        runtime: &Runtime,
+        spec: &SandboxSpec,
+    ) -> anyhow::Result<(DirectContainer, Attached, Launch)> {
+        let id = runtime.create_container(spec).await?;
+        let created = Instant::now();
+        let container = DirectContainer {
+            runtime: runtime.clone(),
+            id,
         };
-        let id = runtime.create_container(&spec).await?;
-        let container = DirectContainer { runtime, id };
         let attached = match container.runtime.attach_stdio(&container.id).await {
             Ok(a) => a,
             Err(e) => {
@@ -229,11 +278,17 @@ impl DirectContainer {
                 return Err(e.into());
             }
         };
+        let attached_at = Instant::now();
         if let Err(e) = container.runtime.start_container(&container.id).await {
             container.remove().await;
             return Err(e.into());
         }
-        Ok((container, attached))
+        let launch = Launch {
+            created,
+            attached: attached_at,
+            started: Instant::now(),
+        };
+        Ok((container, attached, launch))
     }
 
     /// Stops and removes the container.
@@ -252,9 +307,8 @@ impl DirectContainer {
 
 /// A real mcp-runner serving on 127.0.0.1 from a runtime and threads of its own.
 pub struct RunnerServer {
-    /// Base URL.
-    pub url: String,
-    http: reqwest::Client,
+    /// Its management API.
+    pub api: Api,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -264,11 +318,16 @@ pub struct RunnerServer {
 pub const SERVER_THREADS: &str = "mcpr-server";
 
 impl RunnerServer {
-    /// Starts the server and waits until Docker answered and reconciliation finished.
-    pub async fn start(instance: &str, worker_threads: usize) -> anyhow::Result<RunnerServer> {
+    /// Starts the server with `extra_args` (command-line flags) and waits until Docker
+    /// answered and reconciliation finished.
+    pub async fn start(
+        instance: &str,
+        worker_threads: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<RunnerServer> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let db = dir.path().join("app.db");
-        let args = [
+        let mut args = vec![
             "mcp-runner",
             "--api-key",
             API_KEY,
@@ -277,6 +336,7 @@ impl RunnerServer {
             "--instance-id",
             instance,
         ];
+        args.extend_from_slice(extra_args);
         let config = Config::try_parse_from(args).context("server configuration")?;
         config.validate().map_err(|e| anyhow!(e))?;
         type Started = (SocketAddr, AppState, CancellationToken);
@@ -311,8 +371,7 @@ impl RunnerServer {
             .context("spawn the server thread")?;
         let (addr, state, stop) = rx.await.context("the server thread ended")??;
         let server = RunnerServer {
-            url: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            api: Api::new(format!("http://{addr}"))?,
             stop,
             thread: Some(thread),
             _dir: dir,
@@ -325,59 +384,6 @@ impl RunnerServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(server)
-    }
-
-    /// Creates a stdio deployment of the fixture image; returns its id and container id.
-    pub async fn create_deployment(&self) -> anyhow::Result<(String, String)> {
-        let resp = self
-            .http
-            .post(format!("{}/api/deployment", self.url))
-            .header("x-api-key", API_KEY)
-            .json(&json!({
-                "image": FIXTURE_IMAGE,
-                "transport": {"type": "stdio"},
-                "maxMemory": MEMORY_MB,
-                "maxCpus": CPUS,
-                "pauseAfterSeconds": 3600,
-                "deleteAfterSeconds": 7200,
-                // The bridge starts it on the first session (attached before the start).
-                "autoStart": false
-            }))
-            .send()
-            .await
-            .context("POST /api/deployment")?;
-        let status = resp.status();
-        let body: Value = resp.json().await.context("create answer")?;
-        if status.as_u16() != 201 {
-            bail!("creating the deployment failed ({status}): {body}");
-        }
-        let field = |name: &str| {
-            body.pointer(&format!("/deployment/{name}"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow!("no {name} in {body}"))
-        };
-        Ok((field("id")?, field("container_id")?))
-    }
-
-    /// The Streamable HTTP URL of a deployment.
-    pub fn mcp_url(&self, deployment: &str) -> String {
-        format!("{}/mcp-server/{deployment}/mcp", self.url)
-    }
-
-    /// Deletes a deployment through the API.
-    pub async fn delete_deployment(&self, id: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .delete(format!("{}/api/deployment/{id}", self.url))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .context("DELETE /api/deployment")?;
-        if !resp.status().is_success() {
-            bail!("deleting {id} failed: {}", resp.status());
-        }
-        Ok(())
     }
 
     /// Stops the server gracefully and waits for its thread.

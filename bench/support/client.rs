@@ -69,6 +69,29 @@ pub fn initialized_body() -> Vec<u8> {
     to_vec(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
 }
 
+/// `tools/list`.
+pub fn tools_list_body(id: u64) -> Vec<u8> {
+    to_vec(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}))
+}
+
+/// The tool names of a successful `tools/list` response to `id`.
+pub fn tool_names(v: &Value, id: u64) -> anyhow::Result<Vec<String>> {
+    if v.get("id").and_then(Value::as_u64) != Some(id) {
+        bail!("answer to the wrong request (wanted id {id}): {}", short(v));
+    }
+    if let Some(e) = v.get("error") {
+        bail!("JSON-RPC error: {e}");
+    }
+    let tools = v
+        .pointer("/result/tools")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("no tools in {}", short(v)))?;
+    Ok(tools
+        .iter()
+        .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect())
+}
+
 /// `tools/call` of `name` with `arguments`.
 pub fn tool_call_body(id: u64, name: &str, arguments: Value) -> Vec<u8> {
     to_vec(&json!({
@@ -187,6 +210,8 @@ type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// A client on a container's stdin/stdout.
 pub struct Direct {
+    /// When the response to `initialize` was in hand.
+    pub initialized: Instant,
     stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
     waiting: Waiters,
     reader: tokio::task::JoinHandle<()>,
@@ -198,17 +223,19 @@ impl Direct {
         let Attached { stdout, stdin, .. } = attached;
         let waiting: Waiters = Arc::default();
         let reader = tokio::spawn(read_stdout(stdout, waiting.clone()));
-        let client = Arc::new(Direct {
+        let mut client = Direct {
+            initialized: Instant::now(),
             stdin: tokio::sync::Mutex::new(stdin),
             waiting,
             reader,
-        });
+        };
         let init = client.call(0, initialize_body(0)).await?;
         if init.message.get("result").is_none() {
             bail!("initialize failed: {}", short(&init.message));
         }
+        client.initialized = init.answered;
         client.send(initialized_body()).await?;
-        Ok(client)
+        Ok(Arc::new(client))
     }
 
     async fn send(&self, mut line: Vec<u8>) -> anyhow::Result<()> {
@@ -274,6 +301,8 @@ impl Transport for Direct {
 
 /// A Streamable HTTP client session (a keep-alive connection pool, one MCP session).
 pub struct Http {
+    /// When the response to `initialize` was in hand.
+    pub initialized: Instant,
     client: reqwest::Client,
     url: String,
     session: HeaderValue,
@@ -309,6 +338,7 @@ impl Http {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("initialize failed: {}", short(&init.message)))?;
         let http = Http {
+            initialized: init.answered,
             version: HeaderValue::from_str(version)?,
             client,
             url,
