@@ -296,17 +296,21 @@ impl Deployments {
         start: bool,
     ) -> Result<(String, String), DeployError> {
         let rt = &self.inner.runtime;
-        // Independent steps run together: a pull can take long, the rest is quick.
-        let (image, network, user) = tokio::join!(
-            rt.ensure_image(&d.image),
-            self.create_network(d),
-            self.inner.users.create(&d.username, d.uid, &d.id),
-        );
-        image?;
+        // Independent steps run together. Docker needs the image and the network before the
+        // container, but not the host user (it takes a numeric uid:gid), so the user is made
+        // alongside all three.
+        let docker = async {
+            let (image, network) = tokio::join!(rt.ensure_image(&d.image), self.create_network(d));
+            image?;
+            let (network_id, subnet) = network?;
+            let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
+            Ok::<_, DeployError>((container_id, network_id, subnet))
+        };
+        let (user, docker) =
+            tokio::join!(self.inner.users.create(&d.username, d.uid, &d.id), docker);
         user?;
-        let (network_id, subnet) = network?;
+        let (container_id, network_id, subnet) = docker?;
         d.subnet = subnet;
-        let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
         // An isolated deployment's own container is the template of its sessions' containers
         // and never runs itself.
         // A stdio process is started attached once its row is recorded (`create`).
