@@ -51,8 +51,8 @@ pub struct McpLabels {
     pub front: &'static str,
     /// The deployment's transport: `stdio`, `sse` or `streamable_http`.
     pub transport: &'static str,
-    /// `result`, `error` (a JSON-RPC error answer) or `unanswered` (the session or the
-    /// server ended first).
+    /// `result`, `error` (a JSON-RPC error answer), `cancelled` (by the client) or
+    /// `unanswered` (the session or the server ended first).
     pub outcome: &'static str,
 }
 

@@ -87,10 +87,21 @@ impl Link {
     /// Forwards a client message upstream. False when the upstream is gone.
     pub fn send(&self, message: Value) -> bool {
         self.session.touch();
-        if let Ok(jsonrpc::Kind::Request) = jsonrpc::classify(&message)
-            && let Some(id) = jsonrpc::id(&message)
-        {
-            self.session.request_sent(jsonrpc::key(id));
+        match jsonrpc::classify(&message) {
+            Ok(jsonrpc::Kind::Request) => {
+                if let Some(id) = jsonrpc::id(&message) {
+                    self.session.request_sent(jsonrpc::key(id));
+                }
+            }
+            // A cancelled request may never be answered (the spec asks servers not to).
+            Ok(jsonrpc::Kind::Notification)
+                if jsonrpc::method(&message) == Some("notifications/cancelled") =>
+            {
+                if let Some(id) = message.pointer("/params/requestId") {
+                    self.session.request_cancelled(&jsonrpc::key(id));
+                }
+            }
+            _ => {}
         }
         match &self.upstream {
             Upstream::Stdio(hub) => hub.send(self.session.clone(), message),

@@ -216,6 +216,13 @@ impl Session {
         lock(&self.streams).pending.insert(key, Instant::now());
     }
 
+    /// Notes that the client cancelled request `key`: no answer is waited for any more.
+    pub fn request_cancelled(&self, key: &str) {
+        if lock(&self.streams).pending.remove(key).is_some() {
+            METRICS.mcp_request(self.front.name(), self.transport, "cancelled", None);
+        }
+    }
+
     /// Waits for the response to request `key` as a JSON body.
     pub fn expect_json(&self, key: String) -> oneshot::Receiver<Value> {
         let (tx, rx) = oneshot::channel();
@@ -436,6 +443,17 @@ mod tests {
             out.push(format!("{}|{}", e.id.unwrap_or_default(), e.data));
         }
         out
+    }
+
+    #[test]
+    fn a_cancelled_request_is_no_longer_waited_for() {
+        let s = Session::new("s".into(), "d".into(), Front::Streamable, "stdio");
+        s.request_sent("1".into());
+        s.request_sent("2".into());
+        s.request_cancelled("1");
+        s.request_cancelled("7"); // never sent: nothing to forget
+        let pending: Vec<String> = lock(&s.streams).pending.keys().cloned().collect();
+        assert_eq!(pending, vec!["2".to_owned()]);
     }
 
     #[test]
