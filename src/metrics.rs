@@ -158,8 +158,7 @@ fn lifecycle_histogram() -> Histogram {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("mcp_runner");
-        let m = Metrics {
+        let mut m = Metrics {
             http_requests: Family::default(),
             deployments: Family::default(),
             create_seconds: lifecycle_histogram(),
@@ -172,64 +171,64 @@ impl Metrics {
             upstream_exits: Family::default(),
             reaper_actions: Family::default(),
             docker_errors: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("mcp_runner"),
         };
-        registry.register(
+        m.registry.register(
             "http_requests",
             "HTTP requests by route template, method and status",
             m.http_requests.clone(),
         );
-        registry.register(
+        m.registry.register(
             "deployments",
             "Deployments by status",
             m.deployments.clone(),
         );
-        registry.register(
+        m.registry.register(
             "deployment_create_duration_seconds",
             "Time to create a deployment (successful creates)",
             m.create_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "deployment_delete_duration_seconds",
             "Time to delete a deployment (successful deletes)",
             m.delete_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "deployment_failures",
             "Failed creates and deletes by operation and reason",
             m.failures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "image_pulls",
             "Image pulls by outcome",
             m.image_pulls.clone(),
         );
-        registry.register(
+        m.registry.register(
             "mcp_requests",
             "MCP requests through the bridge by front, upstream transport and outcome",
             m.mcp_requests.clone(),
         );
-        registry.register(
+        m.registry.register(
             "mcp_request_duration_seconds",
             "Time from a client's MCP request to its answer through the bridge",
             m.mcp_seconds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "mcp_sessions",
             "Open MCP sessions by front",
             m.sessions.clone(),
         );
-        registry.register(
+        m.registry.register(
             "upstream_exits",
             "Deployment processes that stopped on their own, by reason",
             m.upstream_exits.clone(),
         );
-        registry.register(
+        m.registry.register(
             "reaper_actions",
             "Reaper pauses and deletes by outcome",
             m.reaper_actions.clone(),
         );
-        registry.register(
+        m.registry.register(
             "docker_errors",
             "Docker API errors by operation",
             m.docker_errors.clone(),
@@ -253,7 +252,7 @@ impl Metrics {
         for reason in ["exited", "oom_killed"] {
             let _ = m.upstream_exits.get_or_create(&ExitLabels { reason });
         }
-        Metrics { registry, ..m }
+        m
     }
 
     /// The exposition text.

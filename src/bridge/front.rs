@@ -81,8 +81,8 @@ impl IntoResponse for Reject {
 
 /// Sends a client message upstream; 502 when the upstream stopped between looking the
 /// session up and sending to it.
-fn forward(link: &Link, message: Value) -> Result<(), Reject> {
-    if link.send(message) {
+fn forward(link: &Link, message: Value, kind: Kind) -> Result<(), Reject> {
+    if link.send(message, kind) {
         Ok(())
     } else {
         Err(BridgeError::Upstream("the MCP server process is not running".into()).into())
@@ -445,7 +445,7 @@ async fn mcp_post(
         let auth = headers.get(header::AUTHORIZATION).cloned();
         let link = bridge.open(&id, Front::Streamable, auth).await?;
         let rx = link.session.expect_json(jsonrpc::key(&rpc_id));
-        if let Err(e) = forward(&link, message) {
+        if let Err(e) = forward(&link, message, kind) {
             bridge.end_session(&link);
             return Err(e);
         }
@@ -464,7 +464,7 @@ async fn mcp_post(
     let link = streamable_session(&bridge, &id, &headers)?;
     match kind {
         Kind::Notification | Kind::Response => {
-            forward(&link, message)?;
+            forward(&link, message, kind)?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Kind::Request => {
@@ -476,11 +476,11 @@ async fn mcp_post(
                     .protocol_version()
                     .is_some_and(|v| version::primes_streams(&v));
                 let rx = link.session.open_request_stream(key, prime);
-                forward(&link, message)?;
+                forward(&link, message, kind)?;
                 Ok(streamed_answer(&link, rx, prime).await)
             } else {
                 let rx = link.session.expect_json(key);
-                forward(&link, message)?;
+                forward(&link, message, kind)?;
                 Ok(Json(json_answer(&link, rx, &rpc_id).await).into_response())
             }
         }
@@ -592,9 +592,9 @@ async fn sse_post(
 ) -> Result<Response, Reject> {
     let bridge = bridge(&state, &headers)?;
     let link = find_session(&bridge, &id, query.session_id, "sessionId query parameter")?;
-    let (message, _kind) = read_message(&headers, body)?;
+    let (message, kind) = read_message(&headers, body)?;
     bridge.touch(&id);
-    forward(&link, message)?;
+    forward(&link, message, kind)?;
     Ok((StatusCode::ACCEPTED, "Accepted").into_response())
 }
 

@@ -84,17 +84,18 @@ pub enum Upstream {
 }
 
 impl Link {
-    /// Forwards a client message upstream. False when the upstream is gone.
-    pub fn send(&self, message: Value) -> bool {
+    /// Forwards a client message of kind `kind` (as the front classified it) upstream.
+    /// False when the upstream is gone.
+    pub fn send(&self, message: Value, kind: jsonrpc::Kind) -> bool {
         self.session.touch();
-        match jsonrpc::classify(&message) {
-            Ok(jsonrpc::Kind::Request) => {
+        match kind {
+            jsonrpc::Kind::Request => {
                 if let Some(id) = jsonrpc::id(&message) {
                     self.session.request_sent(jsonrpc::key(id));
                 }
             }
             // A cancelled request may never be answered (the spec asks servers not to).
-            Ok(jsonrpc::Kind::Notification)
+            jsonrpc::Kind::Notification
                 if jsonrpc::method(&message) == Some("notifications/cancelled") =>
             {
                 if let Some(id) = message.pointer("/params/requestId") {

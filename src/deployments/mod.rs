@@ -488,15 +488,11 @@ impl Deployments {
     /// Starts the process of a stdio deployment afresh and attached: a container that runs
     /// already (started before a restart of mcp-runner: its protocol state is unknown) is
     /// stopped first. Status `running`; stderr is followed from the attachment; stdin and
-    /// stdout are returned.
+    /// stdout are returned. The new tail starts from `d.stderr`, which `get` filled with the
+    /// live tail.
     pub async fn start_stdio(&self, d: &Deployment) -> Result<Attached, DeployError> {
         let container = d.container_id.as_deref().ok_or(DeployError::NotFound)?;
         let rt = &self.inner.runtime;
-        // The newest tail: the live one, else the row's as saved when the follower ended.
-        let initial = match self.inner.stderr.snapshot(&d.id) {
-            Some(live) => live,
-            None => self.get(&d.id).await?.stderr,
-        };
         match rt.container_state(container).await? {
             None => return Err(DeployError::NotFound),
             Some(s) if s.running => self.stop_container(d).await?,
@@ -508,7 +504,7 @@ impl Deployments {
         let stderr = std::mem::replace(&mut attached.stderr, futures_util::stream::empty().boxed());
         self.inner
             .stderr
-            .follow_stream(&d.id, container, &initial, stderr);
+            .follow_stream(&d.id, container, &d.stderr, stderr);
         tracing::info!(deployment.id = %d.id, "stdio process started");
         Ok(attached)
     }
