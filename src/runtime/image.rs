@@ -45,6 +45,11 @@ impl Runtime {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if classify(&e) == FailureKind::NotFound => Ok(false),
+            // Not a reference Docker can parse (e.g. upper case): the image field is wrong.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 400,
+                message,
+            }) => Err(pull_error(image, message, Some(400))),
             Err(e) => Err(docker_err("inspect the image")(e)),
         }
     }

@@ -54,6 +54,7 @@ async fn every_validation_rule_is_a_400_naming_the_field() {
         (stdio(json!({"maxMemory": 0})), "maxMemory"),
         (stdio(json!({"maxMemory": 5})), "maxMemory"),
         (stdio(json!({"maxMemory": 31})), "maxMemory"),
+        (stdio(json!({"image": "NaN"})), "image"),
         (stdio(json!({"maxMemory": 1_000_000})), "maxMemory"),
         (stdio(json!({"maxMemory": "lots"})), "maxMemory"),
         (stdio(json!({"maxCpus": 0.01})), "maxCpus"),
