@@ -1,7 +1,10 @@
 //! One stdio server process shared by many client sessions.
 //!
-//! A single task owns the container's attach stream. It rewrites the id of every client
-//! request to one of its own (and the progress token with it), so that answers and progress
+//! A single task reads the container's attach stream; the hub's state sits behind a lock
+//! that this task and the request handlers take in turn, so that a client message goes to
+//! the process's stdin from the handler that received it, without a hop to another task.
+//! The hub rewrites the id of every client request to one of its own (and the progress
+//! token with it), so that answers and progress
 //! go back to the session and stream they belong to; it sends `initialize` to the process
 //! once and answers later sessions from the cached result; and it routes the server's own
 //! requests (sampling, elicitation, roots, ping) to the one session that caused them:
@@ -24,26 +27,39 @@ use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::jsonrpc::{self, Kind, code};
 use super::lines::{Line, LineAssembler};
 use super::session::Session;
 use super::version;
-use crate::runtime::Attached;
+use crate::runtime::{Attached, RuntimeError};
 
-enum Command {
-    Join(Arc<Session>),
-    Leave(String),
-    FromClient(Arc<Session>, Value),
+/// Handle on a running stdio hub. When the last handle goes, the hub stops and lets go of
+/// the process's pipes.
+pub struct StdioHub {
+    shared: Arc<Shared>,
 }
 
-/// Handle on a running stdio hub.
-pub struct StdioHub {
-    tx: mpsc::UnboundedSender<Command>,
+/// What the handles and the stdout reader share.
+struct Shared {
+    hub: std::sync::Mutex<Hub>,
     /// Cancelled when the process has exited and the hub stopped.
-    pub ended: CancellationToken,
+    ended: CancellationToken,
+    /// Cancelled when the last handle is dropped.
+    unused: CancellationToken,
+}
+
+impl Drop for StdioHub {
+    fn drop(&mut self) {
+        self.shared.unused.cancel();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl StdioHub {
@@ -54,8 +70,15 @@ impl StdioHub {
         max_line: usize,
         stop: CancellationToken,
     ) -> Arc<StdioHub> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let ended = CancellationToken::new();
+        let Attached { stdout, stdin, .. } = attached;
+        // A line goes to stdin at once when the pipe takes it; what the pipe cannot take now
+        // waits for a writer task of its own, so that a server that stops reading stdin
+        // cannot stop us from reading its stdout.
+        let stdin = Arc::new(Stdin {
+            writer: tokio::sync::Mutex::new(stdin),
+            queue: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        });
         let hub = Hub {
             deployment_id,
             sessions: HashMap::new(),
@@ -69,30 +92,47 @@ impl StdioHub {
             subscriptions: HashMap::new(),
             capabilities: HashMap::new(),
             last_speaker: None,
-            stdin: None,
+            stdin: stdin.clone(),
+            stopped: false,
         };
-        tokio::spawn(hub.run(rx, attached, max_line, stop, ended.clone()));
-        Arc::new(StdioHub { tx, ended })
+        let shared = Arc::new(Shared {
+            hub: std::sync::Mutex::new(hub),
+            ended: CancellationToken::new(),
+            unused: CancellationToken::new(),
+        });
+        tokio::spawn(shared.clone().read(stdout, stdin, max_line, stop));
+        Arc::new(StdioHub { shared })
     }
 
     /// Whether the process is still served.
     pub fn is_alive(&self) -> bool {
-        !self.ended.is_cancelled()
+        !self.shared.ended.is_cancelled()
     }
 
     /// Adds a session.
     pub fn join(&self, session: Arc<Session>) {
-        let _ = self.tx.send(Command::Join(session));
+        let mut hub = self.shared.lock();
+        if !hub.stopped {
+            hub.sessions.insert(session.id.clone(), session);
+        }
     }
 
     /// Removes a session; its requests still in flight are cancelled upstream.
     pub fn leave(&self, session_id: &str) {
-        let _ = self.tx.send(Command::Leave(session_id.to_owned()));
+        let mut hub = self.shared.lock();
+        if !hub.stopped {
+            hub.leave(session_id);
+        }
     }
 
     /// Forwards a client message. False when the hub has stopped.
     pub fn send(&self, session: Arc<Session>, message: Value) -> bool {
-        self.tx.send(Command::FromClient(session, message)).is_ok()
+        let mut hub = self.shared.lock();
+        if hub.stopped {
+            return false;
+        }
+        hub.on_client(&session, message);
+        true
     }
 }
 
@@ -135,10 +175,12 @@ struct Hub {
     /// The capabilities each session declared in its own `initialize`.
     capabilities: HashMap<String, Value>,
     last_speaker: Option<String>,
-    stdin: Option<Arc<Stdin>>,
+    stdin: Arc<Stdin>,
+    /// The process is gone: nothing more is taken.
+    stopped: bool,
 }
 
-/// The process's stdin, written by the hub task alone.
+/// The process's stdin, written under the hub's lock.
 struct Stdin {
     writer: tokio::sync::Mutex<std::pin::Pin<Box<dyn AsyncWrite + Send>>>,
     /// Lines (or their rest) the pipe did not take at once, oldest first.
@@ -198,45 +240,32 @@ impl Stdin {
     }
 }
 
-impl Hub {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        attached: Attached,
+impl Shared {
+    /// Reads the process's stdout until it ends, the deployment stops or the last handle
+    /// goes; then fails what is in flight and ends the sessions.
+    async fn read(
+        self: Arc<Self>,
+        mut stdout: futures_util::stream::BoxStream<'static, Result<Bytes, RuntimeError>>,
+        stdin: Arc<Stdin>,
         max_line: usize,
         stop: CancellationToken,
-        ended: CancellationToken,
     ) {
-        let Attached {
-            mut stdout, stdin, ..
-        } = attached;
-        // A line goes to stdin at once when the pipe takes it (no task switch on the way);
-        // what the pipe cannot take now waits for a writer task of its own, so that a server
-        // that stops reading stdin cannot stop us from reading its stdout.
-        let stdin = Arc::new(Stdin {
-            writer: tokio::sync::Mutex::new(stdin),
-            queue: std::sync::Mutex::default(),
-            wake: tokio::sync::Notify::new(),
-        });
-        self.stdin = Some(stdin.clone());
         let writer = tokio::spawn(stdin.drain());
         let mut lines = LineAssembler::new(max_line);
+        let deployment_id = self.lock().deployment_id.clone();
         let reason = loop {
             tokio::select! {
                 () = stop.cancelled() => break "the deployment is stopping",
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Join(s)) => { self.sessions.insert(s.id.clone(), s); }
-                    Some(Command::Leave(id)) => self.leave(&id),
-                    Some(Command::FromClient(s, m)) => self.on_client(&s, m),
-                    None => break "the bridge stopped",
-                },
+                () = self.unused.cancelled() => break "the bridge stopped",
                 chunk = stdout.next() => match chunk {
                     Some(Ok(bytes)) => {
-                        for line in lines.push(&bytes) {
+                        let lines = lines.push(&bytes);
+                        let mut hub = self.lock();
+                        for line in lines {
                             match line {
-                                Line::Complete(l) => self.on_server(&l),
+                                Line::Complete(l) => hub.on_server(&l),
                                 Line::TooLong(n) => tracing::warn!(
-                                    deployment.id = %self.deployment_id,
+                                    deployment.id = %deployment_id,
                                     bytes = n,
                                     "dropped a stdout line longer than the limit"
                                 ),
@@ -244,25 +273,29 @@ impl Hub {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(deployment.id = %self.deployment_id, error = %e, "stdout stream failed");
+                        tracing::warn!(deployment.id = %deployment_id, error = %e, "stdout stream failed");
                         break "the server's output stream failed";
                     }
                     None => break "the MCP server process exited",
                 },
             }
         };
-        tracing::info!(deployment.id = %self.deployment_id, reason, "stdio bridge stopped");
-        ended.cancel();
-        self.fail_everything(reason);
+        tracing::info!(deployment.id = %deployment_id, reason, "stdio bridge stopped");
+        self.ended.cancel();
+        {
+            let mut hub = self.lock();
+            hub.stopped = true;
+            hub.fail_everything(reason);
+        }
         writer.abort();
     }
+}
 
+impl Hub {
     fn write(&self, message: &Value) {
         let mut line = message.to_string().into_bytes();
         line.push(b'\n');
-        if let Some(stdin) = &self.stdin {
-            stdin.send(Bytes::from(line));
-        }
+        self.stdin.send(Bytes::from(line));
     }
 
     fn on_client(&mut self, session: &Arc<Session>, mut message: Value) {
@@ -721,6 +754,7 @@ mod tests {
     use super::*;
     use crate::bridge::session::{Front, SseEvent};
     use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::sync::mpsc;
 
     /// A fake stdio server: what the hub writes to stdin, and a way to write its stdout.
     struct Fake {
@@ -870,9 +904,12 @@ mod tests {
         let error = next(&mut c1).await;
         assert_eq!(error["id"], 5);
         assert_eq!(error["error"]["code"], code::SERVER_UNAVAILABLE);
-        tokio::time::timeout(std::time::Duration::from_secs(5), hub.ended.cancelled())
-            .await
-            .expect("hub ended");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            hub.shared.ended.cancelled(),
+        )
+        .await
+        .expect("hub ended");
         assert!(s1.is_closed() && s2.is_closed());
     }
 
