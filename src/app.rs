@@ -232,6 +232,19 @@ impl Server {
         {
             tracing::warn!("background tasks did not stop within 15 s");
         }
+        // Last, what no row explains: what Docker finished for requests cut off by a kill
+        // before this run's start-up looked, and spares that could not be removed above.
+        if let Ok(d) = state.deployments() {
+            match tokio::time::timeout(Duration::from_secs(10), d.sweep()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the final sweep failed; the next start-up reconciles")
+                }
+                Err(_) => {
+                    tracing::warn!("the final sweep took over 10 s; the next start-up reconciles")
+                }
+            }
+        }
         state.store().close().await;
         tracing::info!("shutdown complete");
         Ok(())
@@ -335,6 +348,16 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
     if state.deployments.set(deployments.clone()).is_err() {
         return;
     }
+    tracker.spawn(
+        deployments
+            .clone()
+            .keep_spares(config.network_spares, root.child_token()),
+    );
+    tracker.spawn(
+        deployments
+            .clone()
+            .keep_swept(crate::deployments::SWEEP_INTERVAL, root.child_token()),
+    );
     tracing::info!("ready");
     tracker.spawn(crate::reaper::run(
         deployments,

@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "NETWORK_SUBNET_PREFIX", default_value_t = 28)]
     pub network_subnet_prefix: u8,
 
+    /// Deployment networks kept made ahead, so that a create does not wait for Docker to
+    /// make one (each holds a subnet of NETWORK_POOL); 0 turns this off.
+    #[arg(long, env = "NETWORK_SPARES", default_value_t = 2)]
+    pub network_spares: usize,
+
     /// Keep the host firewall rules (iptables chain MCP-RUNNER-INPUT, jumped to from INPUT)
     /// that drop connections from NETWORK_POOL to this host, mcp-runner's own port included.
     /// Needs the iptables command and CAP_NET_ADMIN; a failure is logged, not fatal.
@@ -263,6 +268,11 @@ impl Config {
         if self.pids_limit < 8 {
             return Err("PIDS_LIMIT must be at least 8".into());
         }
+        if self.network_spares > MAX_NETWORK_SPARES {
+            return Err(format!(
+                "NETWORK_SPARES must be at most {MAX_NETWORK_SPARES}"
+            ));
+        }
         if self.docker_concurrency == 0 {
             return Err("DOCKER_CONCURRENCY must be at least 1".into());
         }
@@ -296,6 +306,9 @@ impl Config {
 /// and a gVisor sandbox is killed while it starts under about 12 MB (its own kernel lives
 /// in the limit too); 32 MB leaves room for the smallest real server.
 pub const MIN_MEMORY_MB: u64 = 32;
+
+/// The most networks kept made ahead: each holds a subnet and a bridge device.
+pub const MAX_NETWORK_SPARES: usize = 64;
 
 #[cfg(test)]
 mod tests {

@@ -138,12 +138,16 @@ pub struct Metrics {
     pub mcp_seconds: HistogramFamily<LatencyLabels>,
     /// Open MCP sessions by front (set at scrape time).
     pub sessions: Family<SessionLabels, Gauge>,
+    /// Deployment networks made ahead and ready (set at scrape time).
+    pub spare_networks: Gauge,
     /// Deployment processes that stopped on their own.
     pub upstream_exits: Family<ExitLabels, Counter>,
     /// Reaper actions by kind and outcome.
     pub reaper_actions: Family<ReaperLabels, Counter>,
     /// Docker API errors by operation.
     pub docker_errors: Family<DockerLabels, Counter>,
+    /// Docker API requests by operation.
+    pub docker_requests: Family<DockerLabels, Counter>,
 }
 
 fn mcp_histogram() -> Histogram {
@@ -168,9 +172,11 @@ impl Metrics {
             mcp_requests: Family::default(),
             mcp_seconds: Family::new_with_constructor(mcp_histogram),
             sessions: Family::default(),
+            spare_networks: Gauge::default(),
             upstream_exits: Family::default(),
             reaper_actions: Family::default(),
             docker_errors: Family::default(),
+            docker_requests: Family::default(),
             registry: Registry::with_prefix("mcp_runner"),
         };
         m.registry.register(
@@ -219,6 +225,11 @@ impl Metrics {
             m.sessions.clone(),
         );
         m.registry.register(
+            "spare_networks",
+            "Deployment networks made ahead of creates and ready to be taken",
+            m.spare_networks.clone(),
+        );
+        m.registry.register(
             "upstream_exits",
             "Deployment processes that stopped on their own, by reason",
             m.upstream_exits.clone(),
@@ -232,6 +243,11 @@ impl Metrics {
             "docker_errors",
             "Docker API errors by operation",
             m.docker_errors.clone(),
+        );
+        m.registry.register(
+            "docker_requests",
+            "Docker API requests by operation",
+            m.docker_requests.clone(),
         );
         // Label sets known in advance are exposed from the start, at zero.
         for operation in ["create", "delete"] {

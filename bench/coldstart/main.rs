@@ -474,7 +474,9 @@ impl Bench<'_> {
             // Made like a deployment's network (bridge, ICC off, a /28), before the clock
             // starts; the final sweep removes it should the run fail.
             let subnet = format!("10.202.{}.0/28", run % 256);
-            self.runtime.create_network(&name, Some(&subnet)).await?
+            self.runtime
+                .create_network(&name, Some(&subnet), false)
+                .await?
         } else {
             self.opts.baseline_network.clone()
         };

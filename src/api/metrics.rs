@@ -49,6 +49,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 .set(n);
         }
     }
+    if let Ok(d) = state.deployments() {
+        METRICS
+            .spare_networks
+            .set(i64::try_from(d.spare_networks()).unwrap_or(i64::MAX));
+    }
     if let Some(bridge) = state.bridge() {
         for (front, n) in bridge.session_counts() {
             METRICS

@@ -2,9 +2,11 @@
 //! tolerates parts already gone, and the database stays the truth.
 
 mod reconcile;
+mod spares;
 pub mod stderr;
 
-pub use reconcile::Reconciled;
+pub use reconcile::{Reconciled, SWEEP_INTERVAL};
+pub use spares::Spare;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -115,6 +117,8 @@ struct Inner {
     uid_range: UidRange,
     pool: SubnetPool,
     stderr: StderrHub,
+    /// Networks made ahead of creates.
+    spares: spares::Spares,
     /// Who takes the stdin and stdout of a stdio process started here (the bridge).
     stdio_owner: std::sync::OnceLock<StdioOwner>,
 }
@@ -142,6 +146,7 @@ impl Deployments {
                 uid_range,
                 pool,
                 stderr,
+                spares: spares::Spares::default(),
                 stdio_owner: std::sync::OnceLock::new(),
             }),
         }
@@ -183,15 +188,18 @@ impl Deployments {
     }
 
     async fn make(&self, req: NewDeployment) -> Result<Deployment, DeployError> {
+        let spare = self.inner.spares.take().await;
         let now = now_millis();
-        let id = new_id();
+        let id = spare
+            .as_ref()
+            .map_or_else(new_id, |s| s.deployment_id.clone());
         let mut d = Deployment {
             username: format!("mcp-{}", &id[3..]),
             id,
             status: Status::Creating,
             container_id: None,
-            network_id: None,
-            subnet: None,
+            network_id: spare.as_ref().map(|s| s.network_id.clone()),
+            subnet: spare.as_ref().map(|s| s.subnet.clone()),
             image: req.image,
             uid: 0,
             gid: 0,
@@ -211,7 +219,15 @@ impl Deployments {
             last_interaction_at: now,
         };
         (d.pause_at, d.delete_at) = d.deadlines();
-        self.insert_with_ids(&mut d).await?;
+        let inserted = self.insert_with_ids(&mut d).await;
+        if let Some(spare) = &spare {
+            // Its subnet is in the row now, or the network must go.
+            if inserted.is_err() || d.network_id.is_none() {
+                self.discard(spare).await;
+            }
+            self.inner.spares.release(&spare.subnet);
+        }
+        inserted?;
         tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, "creating deployment");
 
         match self.build(&mut d, req.auto_start).await {
@@ -256,18 +272,21 @@ impl Deployments {
         }
     }
 
-    /// Picks a free UID (not in a row, not on the host) and a free subnet of the network
-    /// pool, and inserts the row with them. UNIQUE constraints settle races between
-    /// concurrent creates: the loser picks again.
+    /// Picks a free UID (not in a row, not on the host) and, unless the deployment has a
+    /// network made ahead, a free subnet of the network pool, and inserts the row with them.
+    /// UNIQUE constraints settle races between concurrent creates: the loser picks again.
     async fn insert_with_ids(&self, d: &mut Deployment) -> Result<(), DeployError> {
         let range = self.inner.uid_range;
         let pool = self.inner.pool;
         for _ in 0..16 {
-            let used: HashSet<String> =
-                self.inner.store.used_subnets().await?.into_iter().collect();
-            d.subnet = Some(pool.pick(&used).ok_or(RuntimeError::SubnetsExhausted {
-                pool: pool.to_string(),
-            })?);
+            if d.network_id.is_none() {
+                let mut used: HashSet<String> =
+                    self.inner.store.used_subnets().await?.into_iter().collect();
+                used.extend(self.inner.spares.reserved());
+                d.subnet = Some(pool.pick(&used).ok_or(RuntimeError::SubnetsExhausted {
+                    pool: pool.to_string(),
+                })?);
+            }
             let mut used = self.inner.users.used_ids().await?;
             used.extend(self.inner.store.used_uids().await?);
             let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
@@ -278,6 +297,12 @@ impl Deployments {
             d.gid = uid;
             match self.inner.store.insert(d).await {
                 Ok(()) => return Ok(()),
+                Err(StoreError::Taken("subnet")) if d.network_id.is_some() => {
+                    // A row holds the subnet of the network made ahead (a create picked it
+                    // while that network was being made): make one here instead.
+                    d.network_id = None;
+                    continue;
+                }
                 Err(StoreError::Taken("uid" | "subnet")) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -300,7 +325,13 @@ impl Deployments {
         // container, but not the host user (it takes a numeric uid:gid), so the user is made
         // alongside all three.
         let docker = async {
-            let (image, network) = tokio::join!(rt.ensure_image(&d.image), self.create_network(d));
+            let network = async {
+                match &d.network_id {
+                    Some(made_ahead) => Ok((made_ahead.clone(), d.subnet.clone())),
+                    None => self.create_network(d).await,
+                }
+            };
+            let (image, network) = tokio::join!(rt.ensure_image(&d.image), network);
             image?;
             let (network_id, subnet) = network?;
             let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
@@ -332,7 +363,7 @@ impl Deployments {
         let mut avoid: HashSet<String> = HashSet::new();
         let mut attempts = 0;
         loop {
-            let err = match rt.create_network(&d.id, subnet.as_deref()).await {
+            let err = match rt.create_network(&d.id, subnet.as_deref(), false).await {
                 Ok(id) => return Ok((id, subnet)),
                 Err(e) if e.is_subnet_overlap() && attempts < 8 => e,
                 Err(e) => return Err(e.into()),
@@ -342,6 +373,7 @@ impl Deployments {
             avoid.extend(subnet.take());
             avoid.extend(rt.docker_subnets().await?);
             avoid.extend(self.inner.store.used_subnets().await?);
+            avoid.extend(self.inner.spares.reserved());
             let pool = self.inner.pool;
             while subnet.is_none() {
                 let next = pool.pick(&avoid).ok_or(RuntimeError::SubnetsExhausted {
@@ -357,6 +389,18 @@ impl Deployments {
                 }
             }
         }
+    }
+
+    /// Removes a network made ahead that its create could not use.
+    async fn discard(&self, spare: &Spare) {
+        if let Err(e) = self.inner.runtime.remove_network(&spare.network_id).await {
+            tracing::warn!(network.id = %spare.network_id, error = %e, "cannot remove an unused network made ahead; the next start removes it");
+        }
+    }
+
+    /// Networks made ahead and ready now.
+    pub fn spare_networks(&self) -> usize {
+        self.inner.spares.ready()
     }
 
     /// Removes whatever of a failed create exists, then its row. When that fails (Docker
@@ -435,6 +479,8 @@ impl Deployments {
         self.teardown(&d).await?;
         if self.inner.store.delete(id).await? {
             tracing::info!(deployment.id = %id, "deployment deleted");
+            // Its subnet is free: a refill that found none may go on.
+            self.inner.spares.wake();
             Ok(())
         } else {
             // A concurrent delete finished first.

@@ -4,8 +4,13 @@
 
 use std::collections::HashSet;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{DeployError, Deployments};
 use crate::domain::{Status, now_millis};
+
+/// How often a running mcp-runner sweeps what no row explains (see `Deployments::sweep`).
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What reconciliation did, for the log and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -16,6 +21,8 @@ pub struct Reconciled {
     pub session_containers: usize,
     /// Networks without a row, removed.
     pub orphan_networks: usize,
+    /// Networks made ahead by an earlier run and never taken, removed.
+    pub spare_networks: usize,
     /// Host users without a row, deleted.
     pub orphan_users: usize,
     /// Rows whose create was interrupted, undone.
@@ -59,26 +66,9 @@ impl Deployments {
                 tracing::info!(deployment.id = %c.deployment_id, container.id = %c.id, "removing the container of a session that ended with the restart");
                 rt.remove_container(&c.id).await?;
                 report.session_containers += 1;
-            } else if !known.contains(c.deployment_id.as_str()) {
-                tracing::warn!(deployment.id = %c.deployment_id, container.id = %c.id, "removing a container that has no deployment");
-                rt.remove_container(&c.id).await?;
-                report.orphan_containers += 1;
             }
         }
-        for n in rt.list_networks().await? {
-            if !known.contains(n.deployment_id.as_str()) {
-                tracing::warn!(deployment.id = %n.deployment_id, network.id = %n.id, "removing a network that has no deployment");
-                rt.remove_network(&n.id).await?;
-                report.orphan_networks += 1;
-            }
-        }
-        for u in self.inner.users.list().await? {
-            if !known.contains(u.deployment_id.as_str()) {
-                tracing::warn!(deployment.id = %u.deployment_id, user = %u.name, "deleting a host user that has no deployment");
-                self.inner.users.delete(&u.name).await?;
-                report.orphan_users += 1;
-            }
-        }
+        self.remove_unexplained(&mut report).await?;
 
         let since = now_millis() / 1000;
         for d in rows.iter().filter(|d| d.status != Status::Creating) {
@@ -123,5 +113,74 @@ impl Deployments {
         }
         tracing::info!(?report, "reconciliation done");
         Ok(report)
+    }
+
+    /// Removes what Docker and the host have of this instance that no row explains; run
+    /// while mcp-runner serves (every `SWEEP_INTERVAL`, and when it stops). Docker may finish
+    /// a request of a killed mcp-runner after the next one's start-up reconciliation looked:
+    /// what such a request made is found here.
+    pub async fn sweep(&self) -> Result<Reconciled, DeployError> {
+        let mut report = Reconciled::default();
+        self.remove_unexplained(&mut report).await?;
+        if report != Reconciled::default() {
+            tracing::info!(?report, "sweep removed what no deployment explains");
+        }
+        Ok(report)
+    }
+
+    /// Removes the containers, networks and host users of this instance whose deployment
+    /// has no row and, for networks, is not one being made ahead.
+    async fn remove_unexplained(&self, report: &mut Reconciled) -> Result<(), DeployError> {
+        let rt = &self.inner.runtime;
+        let containers = rt.list_containers().await?;
+        let networks = rt.list_networks().await?;
+        let users = self.inner.users.list().await?;
+        // Read after the listings: anything made since was made after its row was written
+        // or its id reserved, and anything listed that was reserved and is not any more
+        // has its row by now (a create writes its row before it releases the reservation).
+        let mut known = self.inner.spares.reserved_ids();
+        known.extend(self.inner.store.list().await?.into_iter().map(|d| d.id));
+
+        for c in containers {
+            if !known.contains(&c.deployment_id) {
+                tracing::warn!(deployment.id = %c.deployment_id, container.id = %c.id, "removing a container that has no deployment");
+                rt.remove_container(&c.id).await?;
+                report.orphan_containers += 1;
+            }
+        }
+        for n in networks {
+            if known.contains(&n.deployment_id) {
+                continue;
+            }
+            if n.made_ahead {
+                tracing::info!(network.id = %n.id, "removing a network made ahead and never taken");
+                report.spare_networks += 1;
+            } else {
+                tracing::warn!(deployment.id = %n.deployment_id, network.id = %n.id, "removing a network that has no deployment");
+                report.orphan_networks += 1;
+            }
+            rt.remove_network(&n.id).await?;
+        }
+        for u in users {
+            if !known.contains(&u.deployment_id) {
+                tracing::warn!(deployment.id = %u.deployment_id, user = %u.name, "deleting a host user that has no deployment");
+                self.inner.users.delete(&u.name).await?;
+                report.orphan_users += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sweeps every `every` until `stop` is cancelled; a failed sweep waits for the next.
+    pub async fn keep_swept(self, every: std::time::Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "sweep failed; the next one retries");
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ impl Runtime {
     /// stderr comes from this connection rather than from Docker's logs API: following the
     /// logs makes dockerd decode its log file, protocol lines included, a second time.
     pub async fn attach_stdio(&self, id: &str) -> Result<Attached, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("attach to the container").await;
         let options = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
@@ -80,7 +80,7 @@ impl Runtime {
         container_id: &str,
         network_id: &str,
     ) -> Result<Option<String>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("inspect the container").await;
         let info = self
             .docker
             .inspect_container(container_id, None)

@@ -41,7 +41,7 @@ impl KeyedLocks {
 impl Runtime {
     /// Whether `image` is present locally.
     async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("inspect the image").await;
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if classify(&e) == FailureKind::NotFound => Ok(false),
@@ -82,7 +82,7 @@ impl Runtime {
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("pull the image").await;
         tracing::info!(image, "pulling image");
         let (from_image, tag) = split_tag(image);
         let options = CreateImageOptionsBuilder::default()

@@ -32,6 +32,8 @@ pub const LABEL_INSTANCE: &str = "mcp-runner.instance";
 pub const LABEL_DEPLOYMENT: &str = "mcp-runner.deployment";
 /// Label with the MCP session a per-session container serves (isolated deployments).
 pub const LABEL_SESSION: &str = "mcp-runner.session";
+/// Label of a network made before its deployment's create (see `deployments::Spare`).
+pub const LABEL_MADE_AHEAD: &str = "mcp-runner.made-ahead";
 
 /// Errors of the runtime: one variant per operation, with the Docker or host error inside.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,8 @@ pub struct Runtime {
     permits: Arc<Semaphore>,
     /// One pull at a time per image.
     pulls: Arc<image::KeyedLocks>,
+    /// Docker API requests made through this client.
+    requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Runtime {
@@ -200,6 +204,7 @@ impl Runtime {
             docker,
             settings: Arc::new(settings),
             permits: Arc::new(Semaphore::new(concurrency)),
+            requests: Arc::default(),
             pulls: Arc::default(),
         })
     }
@@ -218,7 +223,7 @@ impl Runtime {
 
     /// Whether the daemon answers.
     pub async fn ping(&self) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("answer a ping").await;
         self.docker
             .ping()
             .await
@@ -228,7 +233,7 @@ impl Runtime {
 
     /// The OCI runtimes the daemon knows (to check `DOCKER_RUNTIME` at start-up).
     pub async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("describe itself").await;
         let info = self
             .docker
             .info()
@@ -240,12 +245,31 @@ impl Runtime {
             .unwrap_or_default())
     }
 
+    /// Docker API requests made through this client so far (start-up's version negotiation
+    /// aside).
+    pub fn requests_made(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a Docker API request by operation (`mcp_runner_docker_requests_total`).
+    fn count_request(&self, operation: &'static str) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        METRICS
+            .docker_requests
+            .get_or_create(&DockerLabels { operation })
+            .inc();
+    }
+
     /// This instance's id.
     pub fn instance_id(&self) -> &str {
         &self.settings.instance_id
     }
 
-    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+    /// Waits for a slot under the cap on concurrent Docker operations, counting the request
+    /// `operation` about to be made.
+    async fn permit(&self, operation: &'static str) -> Option<SemaphorePermit<'_>> {
+        self.count_request(operation);
         // The semaphore is never closed; `None` would only mean no cap.
         self.permits.acquire().await.ok()
     }

@@ -7,30 +7,39 @@ use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use crate::subnet::SubnetPool;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
-use super::{LABEL_DEPLOYMENT, Runtime, RuntimeError, docker_err, object_name};
+use super::{LABEL_DEPLOYMENT, LABEL_MADE_AHEAD, Runtime, RuntimeError, docker_err, object_name};
 
 /// A network of this instance, as found by its labels.
 #[derive(Debug, Clone)]
 pub struct ManagedNetwork {
     /// Docker network id.
     pub id: String,
-    /// Deployment it belongs to.
+    /// Deployment it belongs to (or will: see `made_ahead`).
     pub deployment_id: String,
+    /// Made ahead of its deployment's create (`mcp-runner.made-ahead` label); while no row
+    /// names `deployment_id` it is a spare.
+    pub made_ahead: bool,
 }
 
 impl Runtime {
     /// Creates the bridge network of a deployment, on `subnet` when given (else from
-    /// Docker's default pools); returns its id.
+    /// Docker's default pools); returns its id. `made_ahead` labels a network made before
+    /// its deployment exists.
     pub async fn create_network(
         &self,
         deployment_id: &str,
         subnet: Option<&str>,
+        made_ahead: bool,
     ) -> Result<String, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("create the network").await;
+        let mut labels = self.labels(deployment_id);
+        if made_ahead {
+            labels.insert(LABEL_MADE_AHEAD.to_owned(), "true".to_owned());
+        }
         let request = NetworkCreateRequest {
             name: object_name(deployment_id),
             driver: Some("bridge".to_owned()),
-            labels: Some(self.labels(deployment_id)),
+            labels: Some(labels),
             ipam: subnet.map(|s| Ipam {
                 driver: Some("default".to_owned()),
                 config: Some(vec![IpamConfig {
@@ -57,7 +66,7 @@ impl Runtime {
 
     /// Removes a network; one already gone is not an error.
     pub async fn remove_network(&self, network_id: &str) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("remove the network").await;
         match self.docker.remove_network(network_id).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -69,7 +78,7 @@ impl Runtime {
 
     /// The subnets of every Docker network on the host, whoever made it.
     pub async fn docker_subnets(&self) -> Result<Vec<String>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("list networks").await;
         let networks = self
             .docker
             .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
@@ -85,7 +94,7 @@ impl Runtime {
 
     /// Every network of this instance.
     pub async fn list_networks(&self) -> Result<Vec<ManagedNetwork>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("list networks").await;
         let options = ListNetworksOptionsBuilder::default()
             .filters(&self.instance_filter())
             .build();
@@ -97,9 +106,11 @@ impl Runtime {
         Ok(networks
             .into_iter()
             .filter_map(|n| {
+                let mut labels = n.labels?;
                 Some(ManagedNetwork {
                     id: n.id?,
-                    deployment_id: n.labels?.remove(LABEL_DEPLOYMENT)?,
+                    made_ahead: labels.contains_key(LABEL_MADE_AHEAD),
+                    deployment_id: labels.remove(LABEL_DEPLOYMENT)?,
                 })
             })
             .collect())

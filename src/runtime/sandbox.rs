@@ -155,7 +155,7 @@ impl Runtime {
 
     /// Creates the container of a sandbox; returns its id.
     pub async fn create_container(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("create the container").await;
         let name = match &spec.session {
             Some(session) => format!(
                 "{}-{}",
@@ -175,7 +175,7 @@ impl Runtime {
 
     /// Starts a container; one already running is fine.
     pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("start the container").await;
         match self.docker.start_container(id, None).await {
             Ok(()) => Ok(()),
             // 304: already started.
@@ -189,7 +189,7 @@ impl Runtime {
     /// Stops a container: SIGTERM, then SIGKILL after `grace_secs`. One already stopped or
     /// gone is fine.
     pub async fn stop_container(&self, id: &str, grace_secs: i32) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("stop the container").await;
         let options = StopContainerOptionsBuilder::default().t(grace_secs).build();
         match self.docker.stop_container(id, Some(options)).await {
             Ok(()) => Ok(()),
@@ -205,7 +205,7 @@ impl Runtime {
 
     /// Removes a container (killing it if it still runs); one already gone is fine.
     pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("remove the container").await;
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
@@ -223,7 +223,7 @@ impl Runtime {
 
     /// The state of a container, `None` when it does not exist.
     pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("inspect the container").await;
         match self.docker.inspect_container(id, None).await {
             Ok(info) => {
                 let state = info.state.unwrap_or_default();
@@ -250,7 +250,7 @@ impl Runtime {
 
     /// Every container of this instance, running or not.
     pub async fn list_containers(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        let _permit = self.permit().await;
+        let _permit = self.permit("list containers").await;
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&self.instance_filter())
@@ -286,6 +286,7 @@ impl Runtime {
             .stderr(true)
             .since(i32::try_from(since).unwrap_or(0))
             .build();
+        self.count_request("stream the container's stderr");
         self.docker.logs(id, Some(options)).map(|item| {
             item.map(|out| out.into_bytes())
                 .map_err(docker_err("stream the container's stderr"))

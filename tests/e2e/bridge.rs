@@ -144,6 +144,60 @@ async fn every_upstream_transport_through_both_fronts() {
 }
 
 #[tokio::test]
+async fn traffic_to_a_running_deployment_makes_no_docker_request() {
+    // No networks made ahead: their refills would be Docker requests of this server too.
+    let app = TestApp::spawn_with(crate::support::Options {
+        args: vec!["--network-spares".into(), "0".into()],
+        ..Default::default()
+    })
+    .await;
+    for (name, fields) in upstreams() {
+        if name == "sse" {
+            continue; // the same path as streamable_http: an HTTP upstream in the container
+        }
+        let d = app.create_fixture(fields).await;
+        let id = d["id"].as_str().expect("id").to_owned();
+        // The first session finds the running server (an HTTP server's address is looked up
+        // once).
+        let first = Client::streamable(&mcp_url(&app, &id), "first").await;
+        assert_eq!(
+            first.call("add", json!({"a": 1, "b": 1})).await.as_deref(),
+            Ok("2"),
+            "{name}"
+        );
+        let before = app.docker_requests();
+        // New sessions on both fronts, calls, and their ends.
+        for front in ["streamable", "legacy"] {
+            let client = if front == "streamable" {
+                Client::streamable(&mcp_url(&app, &id), "again").await
+            } else {
+                Client::legacy(&sse_url(&app, &id), "again").await
+            };
+            assert!(client.tool_names().await.iter().any(|t| t == "echo"));
+            for i in 0..20 {
+                assert_eq!(
+                    client
+                        .call("echo", json!({"text": format!("{i}")}))
+                        .await
+                        .as_deref(),
+                    Ok(format!("{i}").as_str()),
+                    "{name} {front}"
+                );
+            }
+            client.close().await;
+        }
+        assert_eq!(
+            app.docker_requests(),
+            before,
+            "{name}: Docker was asked during MCP traffic to a running deployment"
+        );
+        first.close().await;
+        assert_eq!(app.delete(&id).await.0, 200);
+    }
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn sixteen_sessions_share_one_stdio_process_without_crossing() {
     let app = TestApp::spawn().await;
     let d = app

@@ -282,3 +282,194 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
     app.teardown().await;
     crate::support::docker::docker(&["network", "rm", &foreign]);
 }
+
+/// The networks of `instance` made ahead of their deployments, with full ids.
+fn made_ahead(instance: &str) -> Vec<String> {
+    crate::support::docker::made_ahead_networks_of(instance)
+        .iter()
+        .map(|n| s(&inspect("network", n)["Id"]).to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn creates_take_networks_made_ahead_and_the_pool_refills() {
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--network-spares".into(), "2".into()],
+        ..Options::default()
+    })
+    .await;
+    fixture_image().await;
+    let instance = app.instance.clone();
+    let spares = eventually("two networks made ahead", Duration::from_secs(60), || {
+        let n = made_ahead(&instance);
+        async move { (n.len() == 2).then_some(n) }
+    })
+    .await;
+
+    // The create takes one: the network already carries the deployment's name and labels,
+    // with inter-container traffic off, and the container runs on it.
+    let d = app.create_fixture(json!({})).await;
+    let id = s(&d["id"]).to_owned();
+    let network_id = s(&d["network_id"]).to_owned();
+    assert!(
+        spares.contains(&network_id),
+        "{network_id} not in {spares:?}"
+    );
+    let net = inspect("network", &network_id);
+    assert_eq!(net["Name"], format!("mcp-runner-{id}"));
+    assert_eq!(net["Labels"]["mcp-runner.deployment"], id.as_str());
+    assert_eq!(
+        net["Options"]["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    let container = inspect("container", s(&d["container_id"]));
+    assert!(
+        container["NetworkSettings"]["Networks"]
+            .as_object()
+            .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id.as_str())),
+        "the container is on the network made ahead"
+    );
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "spare").await;
+    assert_eq!(
+        client.call("add", json!({"a": 2, "b": 3})).await.as_deref(),
+        Ok("5")
+    );
+
+    // Another is made in its place, and the metrics count the ready ones.
+    eventually("the pool refilled", Duration::from_secs(60), || {
+        let n = made_ahead(&instance).len();
+        async move { (n == 3).then_some(()) }
+    })
+    .await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("\nmcp_runner_spare_networks 2\n"),
+        "{metrics}"
+    );
+
+    // Deleting the deployment removes its network; stopping mcp-runner removes the spares.
+    assert_eq!(app.delete(&id).await.0, 200);
+    assert!(!crate::support::docker::exists("network", &network_id));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn networks_made_ahead_by_an_earlier_run_are_removed_at_start() {
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--network-spares".into(), "0".into()],
+        ..Options::default()
+    })
+    .await;
+    let (instance, db_path, dir) = app.stop().await;
+    // What a killed mcp-runner leaves: a spare it had made, named and labelled for a
+    // deployment that never came.
+    ghost_network(&instance, &mcp_runner::deployments::new_id(), true);
+    assert_eq!(made_ahead(&instance).len(), 1);
+
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--network-spares".into(), "0".into()],
+        reuse: Some((instance.clone(), db_path)),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(made_ahead(&instance), Vec::<String>::new());
+    app.teardown().await;
+    drop(dir);
+}
+
+/// Makes a network labelled for deployment `ghost` of `instance`, as a request of a killed
+/// mcp-runner that Docker finished late would (made ahead when `made_ahead`).
+fn ghost_network(instance: &str, ghost: &str, made_ahead: bool) -> String {
+    let instance_label = format!("mcp-runner.instance={instance}");
+    let deployment_label = format!("mcp-runner.deployment={ghost}");
+    let name = format!("mcp-runner-{ghost}");
+    let mut args = vec![
+        "network",
+        "create",
+        "--label",
+        "managed-by=mcp-runner",
+        "--label",
+        &instance_label,
+        "--label",
+        &deployment_label,
+    ];
+    if made_ahead {
+        args.extend(["--label", "mcp-runner.made-ahead=true"]);
+    }
+    args.push(&name);
+    crate::support::docker::docker(&args).trim().to_owned()
+}
+
+#[tokio::test]
+async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
+    let app = TestApp::spawn_with(Options {
+        args: vec!["--network-spares".into(), "1".into()],
+        ..Options::default()
+    })
+    .await;
+    let instance = app.instance.clone();
+    let d = app.create_fixture(json!({"autoStart": false})).await;
+    eventually("a network made ahead", Duration::from_secs(60), || {
+        let n = made_ahead(&instance).len();
+        // The deployment's own network may have been made ahead too.
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let spares_before = made_ahead(&instance);
+
+    // A network of no deployment and a spare of no run appear after start-up.
+    let orphan = ghost_network(&instance, &mcp_runner::deployments::new_id(), false);
+    let stray = ghost_network(&instance, &mcp_runner::deployments::new_id(), true);
+    let report = app.sweep().await;
+    assert_eq!(
+        (report.orphan_networks, report.spare_networks),
+        (1, 1),
+        "{report:?}"
+    );
+    assert!(!crate::support::docker::exists("network", &orphan));
+    assert!(!crate::support::docker::exists("network", &stray));
+    // What the server uses stays: the deployment and its network, and its own spare.
+    assert!(crate::support::docker::exists(
+        "network",
+        s(&d["network_id"])
+    ));
+    assert!(crate::support::docker::exists(
+        "container",
+        s(&d["container_id"])
+    ));
+    for n in spares_before {
+        assert!(
+            crate::support::docker::exists("network", &n),
+            "{n} was removed"
+        );
+    }
+    assert_eq!(
+        app.sweep().await,
+        mcp_runner::deployments::Reconciled::default()
+    );
+
+    // One more appears; stopping sweeps it too, and the deployment survives the stop.
+    let late = ghost_network(&instance, &mcp_runner::deployments::new_id(), true);
+    let (instance, db_path, dir) = app.stop().await;
+    assert!(!crate::support::docker::exists("network", &late));
+    assert!(crate::support::docker::exists(
+        "network",
+        s(&d["network_id"])
+    ));
+    let app = TestApp::spawn_with(Options {
+        reuse: Some((instance, db_path)),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.list().await.len(), 1);
+    app.teardown().await;
+    drop(dir);
+}

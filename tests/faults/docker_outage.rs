@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::dockerd::Outage;
-use crate::runner::{self, Runner, Settings, bounded, echo, initialize, labelled, rows, summary};
+use crate::runner::{
+    self, Runner, Settings, bounded, deployment_networks, echo, initialize, labelled, rows, summary,
+};
 use crate::support::docker::users_of;
 use crate::support::mcp::Client;
 use crate::support::{eventually, fixture_image};
@@ -158,7 +160,10 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
     .await;
     let cleaned_in = cleaned.elapsed();
     assert_eq!(labelled("container", &app.instance).len(), 2);
-    assert_eq!(labelled("network", &app.instance).len(), 2);
+    assert_eq!(
+        deployment_networks(&app.instance, &app.db_path).await.len(),
+        2
+    );
     assert_eq!(echo(&app, &stopped_id, "back").await.as_deref(), Ok("back"));
     app.teardown().await;
     summary(&format!(

@@ -7,9 +7,9 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::runner::{self, Runner, Settings, Usage, labelled, subnets, summary};
-use crate::support::docker::{containers_of, networks_of, users_of};
-use crate::support::{assert_nothing_left, fixture_image, row_count};
+use crate::runner::{self, Runner, Settings, Usage, deployment_networks, subnets, summary};
+use crate::support::docker::{containers_of, users_of};
+use crate::support::{fixture_image, row_count};
 
 /// Cycles before the first measurement (pools, caches and thread pools fill up).
 const WARM_UP: usize = 10;
@@ -88,8 +88,8 @@ async fn create_delete_cycles_leak_nothing() {
         before.rss_kib,
         after.rss_kib
     );
-    assert!(app.list().await.is_empty());
-    assert_nothing_left(&app.instance, &app.db_path).await;
+    assert_only_spares_left(&app).await;
+    // Stopping removes the spares too: nothing is left.
     app.teardown().await;
     summary(&format!(
         "faults/cycles: {CYCLES} create+delete cycles ({LANES} at a time) after {WARM_UP} warm-up \
@@ -102,6 +102,20 @@ async fn create_delete_cycles_leak_nothing() {
         usage_line(after),
         started.elapsed().as_secs_f64()
     ));
+}
+
+/// Asserts that the running server has no deployment left and nothing of one: no row,
+/// container, network (its spares aside) or host user.
+async fn assert_only_spares_left(app: &Runner) {
+    assert!(app.list().await.is_empty());
+    assert_eq!(row_count(&app.db_path).await, 0);
+    assert!(containers_of(&app.instance).is_empty());
+    assert!(
+        deployment_networks(&app.instance, &app.db_path)
+            .await
+            .is_empty()
+    );
+    assert!(users_of(&app.instance).is_empty());
 }
 
 /// Number of deployments created and deleted at once.
@@ -152,7 +166,8 @@ async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
     );
     assert_eq!(containers_of(&app.instance).len(), CONCURRENT);
     assert_eq!(
-        labelled("network", &app.instance)
+        deployment_networks(&app.instance, &app.db_path)
+            .await
             .into_iter()
             .collect::<HashSet<_>>(),
         ids
@@ -168,11 +183,7 @@ async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
     }))
     .await;
     let delete_time = deleting.elapsed();
-    assert!(app.list().await.is_empty());
-    assert_eq!(row_count(&app.db_path).await, 0);
-    assert!(containers_of(&app.instance).is_empty());
-    assert!(networks_of(&app.instance).is_empty());
-    assert!(users_of(&app.instance).is_empty());
+    assert_only_spares_left(&app).await;
     app.teardown().await;
     summary(&format!(
         "faults/concurrent: {CONCURRENT} concurrent creates (all 201, distinct ids, UIDs, users, \

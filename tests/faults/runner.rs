@@ -443,6 +443,46 @@ pub fn labelled(kind: &str, instance: &str) -> Vec<String> {
         .collect()
 }
 
+/// Networks the server keeps made ahead (`NETWORK_SPARES`, 2 by default).
+pub const SPARES: usize = 2;
+
+/// The `mcp-runner.deployment` labels of the instance's networks, its spares left out: the
+/// networks made ahead whose deployment has no row. Asserts that there are no more of those
+/// than the server keeps.
+pub async fn deployment_networks(instance: &str, db_path: &Path) -> Vec<String> {
+    let rows: std::collections::HashSet<String> = rows(db_path)
+        .await
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    let networks = labelled("network", instance);
+    let filter = format!("label=mcp-runner.instance={instance}");
+    let made_ahead = docker::docker(&[
+        "network",
+        "ls",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=mcp-runner.made-ahead",
+        "--format",
+        "{{.Label \"mcp-runner.deployment\"}}",
+    ]);
+    let spares: Vec<&str> = made_ahead
+        .lines()
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !rows.contains(*d))
+        .collect();
+    assert!(
+        spares.len() <= SPARES,
+        "{} networks made ahead without a row (at most {SPARES} are kept): {spares:?}",
+        spares.len()
+    );
+    networks
+        .into_iter()
+        .filter(|d| !spares.contains(&d.as_str()))
+        .collect()
+}
+
 /// The subnets of Docker networks `ids`.
 pub fn subnets(ids: &[String]) -> Vec<String> {
     if ids.is_empty() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::runner::{self, Runner, Settings, echo, labelled, rows, summary};
+use crate::runner::{self, Runner, Settings, deployment_networks, echo, labelled, rows, summary};
 use crate::support::docker::{passwd_entry, users_of};
 use crate::support::{Api, fixture_image, json_of};
 
@@ -169,8 +169,12 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
     let usernames: HashSet<&str> = rows.iter().map(|(_, _, u)| u.as_str()).collect();
 
     // Nothing of the instance without a row.
-    for kind in ["container", "network"] {
-        for dep in labelled(kind, &app.instance) {
+    let networks = deployment_networks(&app.instance, &app.db_path).await;
+    for (kind, labelled) in [
+        ("container", labelled("container", &app.instance)),
+        ("network", networks.clone()),
+    ] {
+        for dep in labelled {
             assert!(
                 row_ids.contains(dep.as_str()),
                 "a {kind} of deployment {dep} has no row"
@@ -185,7 +189,7 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
     }
     // No row without its container, network and user.
     let containers: BTreeSet<String> = labelled("container", &app.instance).into_iter().collect();
-    let networks: BTreeSet<String> = labelled("network", &app.instance).into_iter().collect();
+    let networks: BTreeSet<String> = networks.into_iter().collect();
     for (id, _, username) in &rows {
         assert!(containers.contains(id), "row {id} has no container");
         assert!(networks.contains(id), "row {id} has no network");

@@ -82,6 +82,21 @@ pub fn networks_of(instance: &str) -> Vec<String> {
     lines(docker(&["network", "ls", "-q", "--filter", &filter]))
 }
 
+/// Networks labelled with `instance` that were made ahead of their deployments (those not
+/// taken yet are the server's spares).
+pub fn made_ahead_networks_of(instance: &str) -> Vec<String> {
+    let filter = format!("label=mcp-runner.instance={instance}");
+    lines(docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=mcp-runner.made-ahead",
+    ]))
+}
+
 /// Host users whose comment marks them as made by `instance`.
 pub fn users_of(instance: &str) -> Vec<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");

@@ -179,6 +179,25 @@ impl TestApp {
         app
     }
 
+    /// Runs the server's sweep of what no row explains now.
+    pub async fn sweep(&self) -> mcp_runner::deployments::Reconciled {
+        self.state
+            .deployments()
+            .expect("the server is ready")
+            .sweep()
+            .await
+            .expect("sweep")
+    }
+
+    /// Docker API requests this server has made so far.
+    pub fn docker_requests(&self) -> u64 {
+        self.state
+            .deployments()
+            .expect("the server is ready")
+            .runtime()
+            .requests_made()
+    }
+
     /// Stops the server gracefully and waits for it (deployments are kept).
     pub async fn stop(self) -> (String, PathBuf, Option<tempfile::TempDir>) {
         self.stop.cancel();
