@@ -194,15 +194,15 @@ impl Deployments {
             .as_ref()
             .map_or_else(new_id, |s| s.deployment_id.clone());
         let mut d = Deployment {
-            username: format!("mcp-{}", &id[3..]),
+            username: username_of(&id),
             id,
             status: Status::Creating,
             container_id: None,
             network_id: spare.as_ref().map(|s| s.network_id.clone()),
             subnet: spare.as_ref().map(|s| s.subnet.clone()),
             image: req.image,
-            uid: 0,
-            gid: 0,
+            uid: spare.as_ref().map_or(0, |s| s.uid),
+            gid: spare.as_ref().map_or(0, |s| s.uid),
             max_memory: req.max_memory,
             max_cpus: req.max_cpus,
             args: req.args,
@@ -220,17 +220,22 @@ impl Deployments {
         };
         (d.pause_at, d.delete_at) = d.deadlines();
         let inserted = self.insert_with_ids(&mut d).await;
-        if let Some(spare) = &spare {
-            // Its subnet is in the row now, or the network must go.
-            if inserted.is_err() || d.network_id.is_none() {
+        // The spare's subnet and UID are in the row now, or its parts must go.
+        let spare_used = match &spare {
+            Some(spare) if inserted.is_err() || d.network_id.is_none() => {
                 self.discard(spare).await;
+                false
             }
-            self.inner.spares.release(&spare.subnet);
-        }
+            Some(spare) => {
+                self.inner.spares.release(&spare.deployment_id);
+                true
+            }
+            None => false,
+        };
         inserted?;
-        tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, "creating deployment");
+        tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, spare = spare_used, "creating deployment");
 
-        match self.build(&mut d, req.auto_start).await {
+        match self.build(&mut d, req.auto_start, spare_used).await {
             Ok((container_id, network_id)) => {
                 d.status = if req.auto_start && d.session_mode == SessionMode::Shared {
                     Status::Running
@@ -272,9 +277,10 @@ impl Deployments {
         }
     }
 
-    /// Picks a free UID (not in a row, not on the host) and, unless the deployment has a
-    /// network made ahead, a free subnet of the network pool, and inserts the row with them.
-    /// UNIQUE constraints settle races between concurrent creates: the loser picks again.
+    /// Picks a free UID (not in a row, not on the host, not a spare's) and a free subnet of
+    /// the network pool, unless the deployment has a spare's (its network id is set), and
+    /// inserts the row with them. UNIQUE constraints settle races between concurrent
+    /// creates: the loser picks again.
     async fn insert_with_ids(&self, d: &mut Deployment) -> Result<(), DeployError> {
         let range = self.inner.uid_range;
         let pool = self.inner.pool;
@@ -282,24 +288,25 @@ impl Deployments {
             if d.network_id.is_none() {
                 let mut used: HashSet<String> =
                     self.inner.store.used_subnets().await?.into_iter().collect();
-                used.extend(self.inner.spares.reserved());
+                used.extend(self.inner.spares.reserved_subnets());
                 d.subnet = Some(pool.pick(&used).ok_or(RuntimeError::SubnetsExhausted {
                     pool: pool.to_string(),
                 })?);
+                let mut used = self.inner.users.used_ids().await?;
+                used.extend(self.inner.store.used_uids().await?);
+                used.extend(self.inner.spares.reserved_uids());
+                let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
+                    first: range.first,
+                    last: range.last,
+                })?;
+                d.uid = uid;
+                d.gid = uid;
             }
-            let mut used = self.inner.users.used_ids().await?;
-            used.extend(self.inner.store.used_uids().await?);
-            let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
-                first: range.first,
-                last: range.last,
-            })?;
-            d.uid = uid;
-            d.gid = uid;
             match self.inner.store.insert(d).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Taken("subnet")) if d.network_id.is_some() => {
-                    // A row holds the subnet of the network made ahead (a create picked it
-                    // while that network was being made): make one here instead.
+                Err(StoreError::Taken("uid" | "subnet")) if d.network_id.is_some() => {
+                    // A row holds the subnet or UID of the spare (a create picked it while
+                    // the spare was being made): pick afresh, and make the parts here.
                     d.network_id = None;
                     continue;
                 }
@@ -314,11 +321,13 @@ impl Deployments {
         .into())
     }
 
-    /// Makes the image, network, user and container; returns (container id, network id).
+    /// Makes the image, network, user and container (network and user come made with a
+    /// spare); returns (container id, network id).
     async fn build(
         &self,
         d: &mut Deployment,
         start: bool,
+        spare: bool,
     ) -> Result<(String, String), DeployError> {
         let rt = &self.inner.runtime;
         // Independent steps run together. Docker needs the image and the network before the
@@ -337,8 +346,14 @@ impl Deployments {
             let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
             Ok::<_, DeployError>((container_id, network_id, subnet))
         };
-        let (user, docker) =
-            tokio::join!(self.inner.users.create(&d.username, d.uid, &d.id), docker);
+        let user = async {
+            if spare {
+                Ok(())
+            } else {
+                self.inner.users.create(&d.username, d.uid, &d.id).await
+            }
+        };
+        let (user, docker) = tokio::join!(user, docker);
         user?;
         let (container_id, network_id, subnet) = docker?;
         d.subnet = subnet;
@@ -373,7 +388,7 @@ impl Deployments {
             avoid.extend(subnet.take());
             avoid.extend(rt.docker_subnets().await?);
             avoid.extend(self.inner.store.used_subnets().await?);
-            avoid.extend(self.inner.spares.reserved());
+            avoid.extend(self.inner.spares.reserved_subnets());
             let pool = self.inner.pool;
             while subnet.is_none() {
                 let next = pool.pick(&avoid).ok_or(RuntimeError::SubnetsExhausted {
@@ -388,13 +403,6 @@ impl Deployments {
                     Err(e) => return Err(e.into()),
                 }
             }
-        }
-    }
-
-    /// Removes a network made ahead that its create could not use.
-    async fn discard(&self, spare: &Spare) {
-        if let Err(e) = self.inner.runtime.remove_network(&spare.network_id).await {
-            tracing::warn!(network.id = %spare.network_id, error = %e, "cannot remove an unused network made ahead; the next start removes it");
         }
     }
 
@@ -754,6 +762,11 @@ pub fn new_id() -> String {
         id.push(char::from(*ALPHABET.choose(&mut rng).unwrap_or(&b'a')));
     }
     id
+}
+
+/// The host user name of deployment `id`.
+fn username_of(id: &str) -> String {
+    format!("mcp-{}", id.strip_prefix("dp_").unwrap_or(id))
 }
 
 /// A random free UID of the range.

@@ -1,11 +1,13 @@
-//! Networks made ahead: a few deployment networks, each already named and labelled after the
-//! id of the deployment that will use it, kept ready so that a create does not wait for
-//! Docker to make one (70–110 ms of a cold start on this host).
+//! Spares: the network and host user of a few deployments to come, made ahead and named and
+//! labelled after the id each deployment will get, so that a create waits neither for
+//! Docker to make a network (70–110 ms on this host) nor for `useradd` (about 30 ms of CPU
+//! that would compete with the container's create).
 //!
-//! A create takes a ready network, or claims one still being made and waits for it (never
-//! longer than making its own would take); without either it makes its own. A background
-//! task ([`Deployments::keep_spares`]) refills the pool and removes what is left of it when
-//! mcp-runner stops; reconciliation removes the ones a killed mcp-runner left.
+//! A create takes a ready spare, or claims one still being made and waits for it (never
+//! longer than making its own parts would take); without either it makes its own. A
+//! background task ([`Deployments::keep_spares`]) refills the pool and removes what is left
+//! of it when mcp-runner stops; start-up reconciliation and the sweep remove what a killed
+//! mcp-runner left.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -13,18 +15,28 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{DeployError, Deployments, new_id};
+use super::{DeployError, Deployments, new_id, pick_uid, username_of};
 use crate::runtime::RuntimeError;
 
-/// A network made ahead of its deployment.
+/// The network and host user of a deployment to come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spare {
-    /// The id the deployment that takes it gets (the network's name and label carry it).
+    /// The id the deployment that takes it gets (the network's name and labels and the
+    /// user's name and comment carry it).
     pub deployment_id: String,
     /// Docker network id.
     pub network_id: String,
     /// Its subnet of the pool.
     pub subnet: String,
+    /// The host user's UID (and GID).
+    pub uid: u32,
+}
+
+/// What a spare holds before its deployment's row records it.
+#[derive(Debug, Default, Clone)]
+struct Reservation {
+    subnet: Option<String>,
+    uid: Option<u32>,
 }
 
 /// The pool of networks made ahead.
@@ -42,9 +54,9 @@ struct State {
     making: usize,
     /// Creates waiting for one of those, in order; each is owed the next one made.
     waiting: VecDeque<oneshot::Sender<Option<Spare>>>,
-    /// Subnets of the ready networks and of those being made (no create picks them), with
-    /// the deployment id each network is made for.
-    reserved: HashMap<String, String>,
+    /// By deployment id, the subnet and UID of every spare ready, being made, or taken by a
+    /// create that has not written its row yet: no create picks them.
+    reserved: HashMap<String, Reservation>,
     /// Set when mcp-runner stops: nothing more is made.
     closed: bool,
 }
@@ -79,19 +91,32 @@ impl Spares {
     }
 
     /// The subnets no create may pick.
-    pub(super) fn reserved(&self) -> HashSet<String> {
+    pub(super) fn reserved_subnets(&self) -> HashSet<String> {
+        let s = self.lock();
+        s.reserved
+            .values()
+            .filter_map(|r| r.subnet.clone())
+            .collect()
+    }
+
+    /// The UIDs no create may pick.
+    pub(super) fn reserved_uids(&self) -> HashSet<u32> {
+        self.lock()
+            .reserved
+            .values()
+            .filter_map(|r| r.uid)
+            .collect()
+    }
+
+    /// The deployment ids of the spares ready, being made, or taken by a create that has
+    /// not written its row yet.
+    pub(super) fn reserved_ids(&self) -> HashSet<String> {
         self.lock().reserved.keys().cloned().collect()
     }
 
-    /// The deployment ids of the networks ready, being made, or taken by a create that has
-    /// not recorded its row yet.
-    pub(super) fn reserved_ids(&self) -> HashSet<String> {
-        self.lock().reserved.values().cloned().collect()
-    }
-
-    /// A subnet of a taken network is recorded in its row now (or the network is gone).
-    pub(super) fn release(&self, subnet: &str) {
-        self.lock().reserved.remove(subnet);
+    /// The spare of `deployment_id` is recorded in its row now (or its parts are gone).
+    pub(super) fn release(&self, deployment_id: &str) {
+        self.lock().reserved.remove(deployment_id);
     }
 
     /// Lets the refilling task look again (a subnet was freed).
@@ -133,11 +158,23 @@ impl Spares {
         true
     }
 
-    /// Reserves a subnet for the network being made for `deployment_id`.
-    fn reserve(&self, subnet: &str, deployment_id: &str) {
+    /// Reserves (`Some`) or gives back (`None`) the subnet of the spare being made for
+    /// `deployment_id`.
+    fn reserve_subnet(&self, deployment_id: &str, subnet: Option<&str>) {
         self.lock()
             .reserved
-            .insert(subnet.to_owned(), deployment_id.to_owned());
+            .entry(deployment_id.to_owned())
+            .or_default()
+            .subnet = subnet.map(str::to_owned);
+    }
+
+    /// Reserves the UID of the spare being made for `deployment_id`.
+    fn reserve_uid(&self, deployment_id: &str, uid: u32) {
+        self.lock()
+            .reserved
+            .entry(deployment_id.to_owned())
+            .or_default()
+            .uid = Some(uid);
     }
 
     /// Closes the pool: creates that wait are told to make their own, and the ready
@@ -198,39 +235,107 @@ impl Deployments {
                 }
             }
             for spare in spares.close() {
-                if let Err(e) = self.inner.runtime.remove_network(&spare.network_id).await {
-                    tracing::warn!(network.id = %spare.network_id, error = %e, "cannot remove a network made ahead; the next start removes it");
-                }
-                spares.release(&spare.subnet);
+                self.discard(&spare).await;
             }
         }
     }
 
-    /// Makes the network counted by a successful `begin`, and hands it on.
+    /// Removes the parts of a spare no create will use, and its reservation.
+    pub(super) async fn discard(&self, spare: &Spare) {
+        let username = username_of(&spare.deployment_id);
+        let (network, user) = tokio::join!(
+            self.inner.runtime.remove_network(&spare.network_id),
+            self.inner.users.delete(&username)
+        );
+        if let Err(e) = network
+            .map_err(DeployError::from)
+            .and(user.map_err(DeployError::from))
+        {
+            tracing::warn!(deployment.id = %spare.deployment_id, error = %e, "cannot remove a spare's network or user; the sweep removes it later");
+        }
+        self.inner.spares.release(&spare.deployment_id);
+    }
+
+    /// Makes the spare counted by a successful `begin`, and hands it on.
     async fn make_spare(&self) -> Result<(), DeployError> {
-        let made = self.make_spare_network().await;
+        let deployment_id = new_id();
+        let made = self.make_spare_parts(&deployment_id).await;
         let spares = &self.inner.spares;
         match made {
             Ok(spare) => {
-                tracing::debug!(deployment.id = %spare.deployment_id, network.id = %spare.network_id, subnet = %spare.subnet, "network made ahead");
+                tracing::debug!(deployment.id = %spare.deployment_id, network.id = %spare.network_id, subnet = %spare.subnet, uid = spare.uid, "spare made");
                 spares.finish(Some(spare));
                 Ok(())
             }
             Err(e) => {
+                spares.release(&deployment_id);
                 spares.finish(None);
                 Err(e)
             }
         }
     }
 
-    /// A network for a new deployment id, on a free subnet (reserved while it is made).
-    async fn make_spare_network(&self) -> Result<Spare, DeployError> {
+    /// The network and user of a spare for `deployment_id`, made together; whichever was
+    /// made is removed when the other fails.
+    async fn make_spare_parts(&self, deployment_id: &str) -> Result<Spare, DeployError> {
+        let uid = self.pick_spare_uid(deployment_id).await?;
+        let username = username_of(deployment_id);
+        let (network, user) = tokio::join!(
+            self.make_spare_network(deployment_id),
+            self.inner.users.create(&username, uid, deployment_id)
+        );
+        match (network, user) {
+            (Ok((network_id, subnet)), Ok(())) => Ok(Spare {
+                deployment_id: deployment_id.to_owned(),
+                network_id,
+                subnet,
+                uid,
+            }),
+            (network, user) => {
+                let network_err = match network {
+                    Ok((network_id, _)) => {
+                        let _ = self.inner.runtime.remove_network(&network_id).await;
+                        None
+                    }
+                    Err(e) => Some(e),
+                };
+                if user.is_ok() {
+                    let _ = self.inner.users.delete(&username).await;
+                }
+                Err(match (network_err, user) {
+                    (Some(e), _) => e,
+                    (None, Err(e)) => e.into(),
+                    (None, Ok(())) => unreachable!("one of the two failed"),
+                })
+            }
+        }
+    }
+
+    /// A free UID for a spare, reserved.
+    async fn pick_spare_uid(&self, deployment_id: &str) -> Result<u32, DeployError> {
+        let mut used = self.inner.users.used_ids().await?;
+        used.extend(self.inner.store.used_uids().await?);
+        used.extend(self.inner.spares.reserved_uids());
+        let range = self.inner.uid_range;
+        let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
+            first: range.first,
+            last: range.last,
+        })?;
+        self.inner.spares.reserve_uid(deployment_id, uid);
+        Ok(uid)
+    }
+
+    /// A network for `deployment_id` on a free subnet (reserved while it is made); returns
+    /// its id and subnet.
+    async fn make_spare_network(
+        &self,
+        deployment_id: &str,
+    ) -> Result<(String, String), DeployError> {
         let spares = &self.inner.spares;
-        let deployment_id = new_id();
         let mut avoid: HashSet<String> =
             self.inner.store.used_subnets().await?.into_iter().collect();
         for _ in 0..8 {
-            avoid.extend(spares.reserved());
+            avoid.extend(spares.reserved_subnets());
             let subnet = self
                 .inner
                 .pool
@@ -238,22 +343,16 @@ impl Deployments {
                 .ok_or(RuntimeError::SubnetsExhausted {
                     pool: self.inner.pool.to_string(),
                 })?;
-            spares.reserve(&subnet, &deployment_id);
+            spares.reserve_subnet(deployment_id, Some(&subnet));
             let made = self
                 .inner
                 .runtime
-                .create_network(&deployment_id, Some(&subnet), true)
+                .create_network(deployment_id, Some(&subnet), true)
                 .await;
             match made {
-                Ok(network_id) => {
-                    return Ok(Spare {
-                        deployment_id,
-                        network_id,
-                        subnet,
-                    });
-                }
+                Ok(network_id) => return Ok((network_id, subnet)),
                 Err(e) => {
-                    spares.release(&subnet);
+                    spares.reserve_subnet(deployment_id, None);
                     if !e.is_subnet_overlap() {
                         return Err(e.into());
                     }
@@ -279,6 +378,7 @@ mod tests {
             deployment_id: format!("dp_{n}"),
             network_id: format!("net{n}"),
             subnet: format!("10.0.{n}.0/28"),
+            uid: 5000 + u32::from(n),
         }
     }
 
@@ -287,19 +387,29 @@ mod tests {
         let spares = Spares::default();
         assert!(spares.begin(2) && spares.begin(2));
         assert!(!spares.begin(2), "at most the target");
-        spares.reserve("10.0.1.0/28", "dp_1");
-        spares.reserve("10.0.2.0/28", "dp_2");
+        spares.reserve_subnet("dp_1", Some("10.0.1.0/28"));
+        spares.reserve_uid("dp_1", 5001);
+        spares.reserve_subnet("dp_2", Some("10.0.2.0/28"));
+        spares.reserve_uid("dp_2", 5002);
         spares.finish(Some(spare(1)));
         spares.finish(Some(spare(2)));
         assert_eq!(spares.ready(), 2);
         assert_eq!(spares.take().await, Some(spare(1)));
         assert_eq!(spares.take().await, Some(spare(2)));
         assert_eq!(spares.take().await, None);
-        // Taken networks keep their subnets reserved until released.
-        assert_eq!(spares.reserved().len(), 2);
-        spares.release("10.0.1.0/28");
-        assert_eq!(spares.reserved().len(), 1);
+        // Taken spares keep their subnets and UIDs reserved until released.
+        assert_eq!(spares.reserved_subnets().len(), 2);
+        spares.release("dp_1");
+        assert_eq!(
+            spares.reserved_subnets(),
+            HashSet::from(["10.0.2.0/28".to_owned()])
+        );
+        assert_eq!(spares.reserved_uids(), HashSet::from([5002]));
         assert_eq!(spares.reserved_ids(), HashSet::from(["dp_2".to_owned()]));
+        // A subnet given back (Docker refused it) leaves the UID reserved.
+        spares.reserve_subnet("dp_2", None);
+        assert!(spares.reserved_subnets().is_empty());
+        assert_eq!(spares.reserved_uids(), HashSet::from([5002]));
     }
 
     #[tokio::test]

@@ -300,20 +300,34 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
     .await;
     fixture_image().await;
     let instance = app.instance.clone();
-    let spares = eventually("two networks made ahead", Duration::from_secs(60), || {
-        let n = made_ahead(&instance);
-        async move { (n.len() == 2).then_some(n) }
-    })
-    .await;
+    let (spare_networks, spare_users) =
+        eventually("two spares made", Duration::from_secs(60), || {
+            let n = made_ahead(&instance);
+            let users = crate::support::docker::users_of(&instance);
+            async move { (n.len() == 2 && users.len() == 2).then_some((n, users)) }
+        })
+        .await;
 
     // The create takes one: the network already carries the deployment's name and labels,
-    // with inter-container traffic off, and the container runs on it.
+    // with inter-container traffic off, the host user exists, and the container runs on the
+    // network as that user.
     let d = app.create_fixture(json!({})).await;
     let id = s(&d["id"]).to_owned();
     let network_id = s(&d["network_id"]).to_owned();
     assert!(
-        spares.contains(&network_id),
-        "{network_id} not in {spares:?}"
+        spare_networks.contains(&network_id),
+        "{network_id} not in {spare_networks:?}"
+    );
+    let username = s(&d["username"]).to_owned();
+    assert!(
+        spare_users.contains(&username),
+        "{username} not in {spare_users:?}"
+    );
+    let uid = d["uid"].as_u64().expect("uid").to_string();
+    let entry = passwd_entry(&username).expect("the spare's user exists");
+    assert_eq!(
+        (entry[2].as_str(), entry[3].as_str()),
+        (uid.as_str(), uid.as_str())
     );
     let net = inspect("network", &network_id);
     assert_eq!(net["Name"], format!("mcp-runner-{id}"));
@@ -323,6 +337,7 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
         "false"
     );
     let container = inspect("container", s(&d["container_id"]));
+    assert_eq!(container["Config"]["User"], format!("{uid}:{uid}"));
     assert!(
         container["NetworkSettings"]["Networks"]
             .as_object()
@@ -338,22 +353,30 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
     // Another is made in its place, and the metrics count the ready ones.
     eventually("the pool refilled", Duration::from_secs(60), || {
         let n = made_ahead(&instance).len();
-        async move { (n == 3).then_some(()) }
+        let users = crate::support::docker::users_of(&instance).len();
+        async move { (n == 3 && users == 3).then_some(()) }
     })
     .await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    assert!(
-        metrics.contains("\nmcp_runner_spare_networks 2\n"),
-        "{metrics}"
-    );
+    // (a spare is ready once both its parts are made and recorded)
+    eventually(
+        "the metrics to count two spares",
+        Duration::from_secs(60),
+        || async {
+            let metrics = app
+                .http
+                .get(format!("{}/metrics", app.url))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            metrics
+                .contains("\nmcp_runner_spare_networks 2\n")
+                .then_some(())
+        },
+    )
+    .await;
 
     // Deleting the deployment removes its network; stopping mcp-runner removes the spares.
     assert_eq!(app.delete(&id).await.0, 200);

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::dockerd::Outage;
 use crate::runner::{
-    self, Runner, Settings, bounded, deployment_networks, echo, initialize, labelled, rows, summary,
+    self, Runner, Settings, bounded, deployment_networks, deployment_users, echo, initialize,
+    labelled, rows, summary,
 };
-use crate::support::docker::users_of;
 use crate::support::mcp::Client;
 use crate::support::{eventually, fixture_image};
 
@@ -153,7 +153,7 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
         Duration::from_secs(60),
         || async {
             let rows = rows(&app.db_path).await;
-            let users = users_of(&app.instance);
+            let users = deployment_users(&app.instance, &app.db_path).await;
             (rows.len() == 2 && users.len() == 2).then_some(())
         },
     )

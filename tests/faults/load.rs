@@ -7,8 +7,10 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::runner::{self, Runner, Settings, Usage, deployment_networks, subnets, summary};
-use crate::support::docker::{containers_of, users_of};
+use crate::runner::{
+    self, Runner, Settings, Usage, deployment_networks, deployment_users, subnets, summary,
+};
+use crate::support::docker::containers_of;
 use crate::support::{fixture_image, row_count};
 
 /// Cycles before the first measurement (pools, caches and thread pools fill up).
@@ -115,7 +117,11 @@ async fn assert_only_spares_left(app: &Runner) {
             .await
             .is_empty()
     );
-    assert!(users_of(&app.instance).is_empty());
+    assert!(
+        deployment_users(&app.instance, &app.db_path)
+            .await
+            .is_empty()
+    );
 }
 
 /// Number of deployments created and deleted at once.
@@ -172,7 +178,10 @@ async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
             .collect::<HashSet<_>>(),
         ids
     );
-    assert_eq!(users_of(&app.instance).len(), CONCURRENT);
+    assert_eq!(
+        deployment_users(&app.instance, &app.db_path).await.len(),
+        CONCURRENT
+    );
 
     let deleting = Instant::now();
     let all: Vec<String> = ids.into_iter().collect();

@@ -443,19 +443,18 @@ pub fn labelled(kind: &str, instance: &str) -> Vec<String> {
         .collect()
 }
 
-/// Networks the server keeps made ahead (`NETWORK_SPARES`, 2 by default).
+/// Spares the server keeps (`NETWORK_SPARES`, 2 by default): a network and a host user each.
 pub const SPARES: usize = 2;
 
-/// The `mcp-runner.deployment` labels of the instance's networks, its spares left out: the
-/// networks made ahead whose deployment has no row. Asserts that there are no more of those
-/// than the server keeps.
-pub async fn deployment_networks(instance: &str, db_path: &Path) -> Vec<String> {
+/// The ids of the instance's spares: deployment ids that a network made ahead or a host user
+/// carries but no row has. Asserts that there are no more than the server keeps (the check
+/// after the server stops finds anything left beyond that).
+async fn spare_ids(instance: &str, db_path: &Path) -> std::collections::HashSet<String> {
     let rows: std::collections::HashSet<String> = rows(db_path)
         .await
         .into_iter()
         .map(|(id, _, _)| id)
         .collect();
-    let networks = labelled("network", instance);
     let filter = format!("label=mcp-runner.instance={instance}");
     let made_ahead = docker::docker(&[
         "network",
@@ -467,19 +466,48 @@ pub async fn deployment_networks(instance: &str, db_path: &Path) -> Vec<String> 
         "--format",
         "{{.Label \"mcp-runner.deployment\"}}",
     ]);
-    let spares: Vec<&str> = made_ahead
+    let users = docker::users_of(instance);
+    let spares: std::collections::HashSet<String> = made_ahead
         .lines()
         .map(str::trim)
-        .filter(|d| !d.is_empty() && !rows.contains(*d))
+        .filter(|d| !d.is_empty())
+        .map(String::from)
+        .chain(
+            users
+                .iter()
+                .filter_map(|u| Some(format!("dp_{}", u.strip_prefix("mcp-")?))),
+        )
+        .filter(|d| !rows.contains(d))
         .collect();
     assert!(
         spares.len() <= SPARES,
-        "{} networks made ahead without a row (at most {SPARES} are kept): {spares:?}",
+        "{} deployment ids with a network made ahead or a user but no row (at most {SPARES} \
+         spares are kept): {spares:?}",
         spares.len()
     );
+    spares
+}
+
+/// The `mcp-runner.deployment` labels of the instance's networks, its spares' left out.
+pub async fn deployment_networks(instance: &str, db_path: &Path) -> Vec<String> {
+    let networks = labelled("network", instance);
+    let spares = spare_ids(instance, db_path).await;
     networks
         .into_iter()
-        .filter(|d| !spares.contains(&d.as_str()))
+        .filter(|d| !spares.contains(d))
+        .collect()
+}
+
+/// The instance's host users, its spares' left out.
+pub async fn deployment_users(instance: &str, db_path: &Path) -> Vec<String> {
+    let users = docker::users_of(instance);
+    let spares = spare_ids(instance, db_path).await;
+    users
+        .into_iter()
+        .filter(|u| {
+            u.strip_prefix("mcp-")
+                .is_none_or(|rest| !spares.contains(&format!("dp_{rest}")))
+        })
         .collect()
 }
 

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::runner::{self, Runner, Settings, deployment_networks, echo, labelled, rows, summary};
-use crate::support::docker::{passwd_entry, users_of};
+use crate::runner::{
+    self, Runner, Settings, deployment_networks, deployment_users, echo, labelled, rows, summary,
+};
+use crate::support::docker::passwd_entry;
 use crate::support::{Api, fixture_image, json_of};
 
 /// Deployments made before the fault, all of which are then deleted.
@@ -181,7 +183,7 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
             );
         }
     }
-    for user in users_of(&app.instance) {
+    for user in deployment_users(&app.instance, &app.db_path).await {
         assert!(
             usernames.contains(user.as_str()),
             "host user {user} has no row"
