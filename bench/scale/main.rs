@@ -248,7 +248,8 @@ struct Leftovers {
     containers: Vec<String>,
     networks: Vec<String>,
     users: Vec<String>,
-    /// Networks the running server keeps made ahead (not counted as left).
+    /// Spares the running server keeps, a network and a host user each (not counted as
+    /// left).
     spares: usize,
 }
 
@@ -262,12 +263,18 @@ impl Leftovers {
         }
     }
 
-    /// What is left while the server still runs: its networks made ahead and not taken yet
-    /// are its spares, not leftovers (the check after it stops counts them too).
+    /// What is left while the server still runs, once every deployment is deleted: the
+    /// networks made ahead and their host users are its spares, not leftovers (the check
+    /// after it stops counts them too).
     fn while_running(instance: &str) -> Leftovers {
         let mut left = Leftovers::of(instance);
         let made_ahead = support::docker::made_ahead_networks_of(instance);
+        let spare_users: Vec<String> = support::docker::made_ahead_deployments_of(instance)
+            .iter()
+            .filter_map(|id| Some(format!("mcp-{}", id.strip_prefix("dp_")?)))
+            .collect();
         left.networks.retain(|n| !made_ahead.contains(n));
+        left.users.retain(|u| !spare_users.contains(u));
         left.spares = made_ahead.len();
         left
     }
@@ -569,7 +576,7 @@ impl Report {
         println!();
         if self.left.is_empty() && self.rows_left == 0 {
             println!(
-                "after the deletes: no container, network or host user of instance {instance} is left, and no row ({} networks made ahead kept for the next creates)",
+                "after the deletes: no container, network or host user of instance {instance} is left, and no row ({} spares kept for the next creates)",
                 self.left.spares
             );
         } else {

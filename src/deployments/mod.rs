@@ -5,7 +5,7 @@ mod reconcile;
 mod spares;
 pub mod stderr;
 
-pub use reconcile::{Reconciled, SWEEP_INTERVAL};
+pub use reconcile::{FIRST_SWEEP_AFTER, Reconciled, SWEEP_INTERVAL};
 pub use spares::Spare;
 
 use std::collections::{BTreeMap, HashSet};
@@ -119,6 +119,8 @@ struct Inner {
     stderr: StderrHub,
     /// Networks made ahead of creates.
     spares: spares::Spares,
+    /// Sweeps finished so far.
+    sweeps: std::sync::atomic::AtomicU64,
     /// Who takes the stdin and stdout of a stdio process started here (the bridge).
     stdio_owner: std::sync::OnceLock<StdioOwner>,
 }
@@ -147,6 +149,7 @@ impl Deployments {
                 pool,
                 stderr,
                 spares: spares::Spares::default(),
+                sweeps: std::sync::atomic::AtomicU64::new(0),
                 stdio_owner: std::sync::OnceLock::new(),
             }),
         }

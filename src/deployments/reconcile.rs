@@ -12,6 +12,10 @@ use crate::domain::{Status, now_millis};
 /// How often a running mcp-runner sweeps what no row explains (see `Deployments::sweep`).
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// When the first sweep runs after start-up: by then Docker and `useradd` have finished what
+/// a killed predecessor asked of them after start-up reconciliation had looked.
+pub const FIRST_SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What reconciliation did, for the log and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
@@ -21,8 +25,10 @@ pub struct Reconciled {
     pub session_containers: usize,
     /// Networks without a row, removed.
     pub orphan_networks: usize,
-    /// Networks made ahead by an earlier run and never taken, removed.
+    /// Spares' networks (made ahead by an earlier run, never taken), removed.
     pub spare_networks: usize,
+    /// Spares' host users (of deployment ids a spare's network carried), deleted.
+    pub spare_users: usize,
     /// Host users without a row, deleted.
     pub orphan_users: usize,
     /// Rows whose create was interrupted, undone.
@@ -122,10 +128,18 @@ impl Deployments {
     pub async fn sweep(&self) -> Result<Reconciled, DeployError> {
         let mut report = Reconciled::default();
         self.remove_unexplained(&mut report).await?;
+        self.inner
+            .sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if report != Reconciled::default() {
             tracing::info!(?report, "sweep removed what no deployment explains");
         }
         Ok(report)
+    }
+
+    /// Sweeps finished so far.
+    pub fn sweeps_done(&self) -> u64 {
+        self.inner.sweeps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes the containers, networks and host users of this instance whose deployment
@@ -148,11 +162,13 @@ impl Deployments {
                 report.orphan_containers += 1;
             }
         }
+        let mut spare_ids = HashSet::new();
         for n in networks {
             if known.contains(&n.deployment_id) {
                 continue;
             }
             if n.made_ahead {
+                spare_ids.insert(n.deployment_id.clone());
                 tracing::info!(network.id = %n.id, "removing a network made ahead and never taken");
                 report.spare_networks += 1;
             } else {
@@ -162,25 +178,38 @@ impl Deployments {
             rt.remove_network(&n.id).await?;
         }
         for u in users {
-            if !known.contains(&u.deployment_id) {
+            if known.contains(&u.deployment_id) {
+                continue;
+            }
+            if spare_ids.contains(&u.deployment_id) {
+                tracing::info!(user = %u.name, "deleting the host user of a spare never taken");
+                report.spare_users += 1;
+            } else {
                 tracing::warn!(deployment.id = %u.deployment_id, user = %u.name, "deleting a host user that has no deployment");
-                self.inner.users.delete(&u.name).await?;
                 report.orphan_users += 1;
             }
+            self.inner.users.delete(&u.name).await?;
         }
         Ok(())
     }
 
-    /// Sweeps every `every` until `stop` is cancelled; a failed sweep waits for the next.
+    /// Sweeps `FIRST_SWEEP_AFTER` start-up, then every `every`, until `stop` is cancelled;
+    /// a failed sweep waits for the next.
     pub async fn keep_swept(self, every: std::time::Duration, stop: CancellationToken) {
+        let mut wait = FIRST_SWEEP_AFTER;
+        let mut first = true;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "sweep failed; the next one retries");
+            match self.sweep().await {
+                Ok(report) if first => tracing::info!(?report, "start-up sweep done"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweep failed; the next one retries"),
             }
+            wait = every;
+            first = false;
         }
     }
 }

@@ -307,6 +307,15 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
             async move { (n.len() == 2 && users.len() == 2).then_some((n, users)) }
         })
         .await;
+    // Each spare's user is named after the id its network carries.
+    let mut paired: Vec<String> = crate::support::docker::made_ahead_deployments_of(&instance)
+        .iter()
+        .map(|id| format!("mcp-{}", &id[3..]))
+        .collect();
+    let mut users = spare_users.clone();
+    paired.sort();
+    users.sort();
+    assert_eq!(paired, users);
 
     // The create takes one: the network already carries the deployment's name and labels,
     // with inter-container traffic off, the host user exists, and the container runs on the
@@ -447,6 +456,12 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     })
     .await;
     let spares_before = made_ahead(&instance);
+    // The server's own sweep after start-up has run; the next is minutes away.
+    eventually("the sweep after start-up", Duration::from_secs(60), || {
+        let done = app.sweeps_done() >= 1;
+        async move { done.then_some(()) }
+    })
+    .await;
 
     // A network of no deployment and a spare of no run appear after start-up.
     let orphan = ghost_network(&instance, &mcp_runner::deployments::new_id(), false);

@@ -446,39 +446,30 @@ pub fn labelled(kind: &str, instance: &str) -> Vec<String> {
 /// Spares the server keeps (`NETWORK_SPARES`, 2 by default): a network and a host user each.
 pub const SPARES: usize = 2;
 
-/// The ids of the instance's spares: deployment ids that a network made ahead or a host user
-/// carries but no row has. Asserts that there are no more than the server keeps (the check
-/// after the server stops finds anything left beyond that).
-async fn spare_ids(instance: &str, db_path: &Path) -> std::collections::HashSet<String> {
+/// Deployment ids that a network made ahead or a host user of the instance carries but no
+/// row has: the spares, and anything the sweep has yet to remove.
+async fn unexplained_ids(instance: &str, db_path: &Path) -> std::collections::HashSet<String> {
     let rows: std::collections::HashSet<String> = rows(db_path)
         .await
         .into_iter()
         .map(|(id, _, _)| id)
         .collect();
-    let filter = format!("label=mcp-runner.instance={instance}");
-    let made_ahead = docker::docker(&[
-        "network",
-        "ls",
-        "--filter",
-        &filter,
-        "--filter",
-        "label=mcp-runner.made-ahead",
-        "--format",
-        "{{.Label \"mcp-runner.deployment\"}}",
-    ]);
     let users = docker::users_of(instance);
-    let spares: std::collections::HashSet<String> = made_ahead
-        .lines()
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(String::from)
+    docker::made_ahead_deployments_of(instance)
+        .into_iter()
         .chain(
             users
                 .iter()
                 .filter_map(|u| Some(format!("dp_{}", u.strip_prefix("mcp-")?))),
         )
         .filter(|d| !rows.contains(d))
-        .collect();
+        .collect()
+}
+
+/// The ids of the instance's spares (see `unexplained_ids`). Asserts that there are no more
+/// than the server keeps (the check after the server stops finds anything left beyond that).
+async fn spare_ids(instance: &str, db_path: &Path) -> std::collections::HashSet<String> {
+    let spares = unexplained_ids(instance, db_path).await;
     assert!(
         spares.len() <= SPARES,
         "{} deployment ids with a network made ahead or a user but no row (at most {SPARES} \

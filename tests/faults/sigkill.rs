@@ -12,7 +12,7 @@ use crate::runner::{
     self, Runner, Settings, deployment_networks, deployment_users, echo, labelled, rows, summary,
 };
 use crate::support::docker::passwd_entry;
-use crate::support::{Api, fixture_image, json_of};
+use crate::support::{Api, eventually, fixture_image, json_of};
 
 /// Deployments made before the fault, all of which are then deleted.
 const PRE: usize = 20;
@@ -157,8 +157,16 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
     );
 
     // Restart on the same database and instance; ready means reconciled.
+    let sweeps_before = app.log_lines("start-up sweep done").len();
     app.restart().await;
     let ready_after = app.wait_ready().await;
+    // Docker and useradd may finish what the killed run asked after reconciliation looked;
+    // the sweep that follows start-up removes it.
+    eventually("the sweep after start-up", Duration::from_secs(60), || {
+        let swept = app.log_lines("start-up sweep done").len() > sweeps_before;
+        async move { swept.then_some(()) }
+    })
+    .await;
 
     let rows = rows(&app.db_path).await;
     for (id, status, _) in &rows {

@@ -97,6 +97,21 @@ pub fn made_ahead_networks_of(instance: &str) -> Vec<String> {
     ]))
 }
 
+/// The deployment ids that the networks of `instance` made ahead carry.
+pub fn made_ahead_deployments_of(instance: &str) -> Vec<String> {
+    let filter = format!("label=mcp-runner.instance={instance}");
+    lines(docker(&[
+        "network",
+        "ls",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=mcp-runner.made-ahead",
+        "--format",
+        "{{.Label \"mcp-runner.deployment\"}}",
+    ]))
+}
+
 /// Host users whose comment marks them as made by `instance`.
 pub fn users_of(instance: &str) -> Vec<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");

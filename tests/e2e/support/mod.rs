@@ -179,6 +179,14 @@ impl TestApp {
         app
     }
 
+    /// Sweeps the server has finished (its own and those of `sweep`).
+    pub fn sweeps_done(&self) -> u64 {
+        self.state
+            .deployments()
+            .expect("the server is ready")
+            .sweeps_done()
+    }
+
     /// Runs the server's sweep of what no row explains now.
     pub async fn sweep(&self) -> mcp_runner::deployments::Reconciled {
         self.state
