@@ -129,8 +129,12 @@ impl Outage {
                 ))
             })
             .collect(),
+            // The directory it was started from may be gone since (a removed clone): then
+            // "/", which is all dockerd needs.
             cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .unwrap_or_else(|_| PathBuf::from("/")),
+                .ok()
+                .filter(|d| d.is_dir())
+                .unwrap_or_else(|| PathBuf::from("/")),
         };
         assert!(!launch.argv.is_empty(), "dockerd's command line is empty");
         let outage = Outage {
