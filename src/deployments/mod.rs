@@ -238,7 +238,7 @@ impl Deployments {
         inserted?;
         tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, spare = spare_used, "creating deployment");
 
-        match self.build(&mut d, req.auto_start, spare_used).await {
+        match self.build(&mut d, req.auto_start).await {
             Ok((container_id, network_id)) => {
                 d.status = if req.auto_start && d.session_mode == SessionMode::Shared {
                     Status::Running
@@ -285,25 +285,11 @@ impl Deployments {
     /// inserts the row with them. UNIQUE constraints settle races between concurrent
     /// creates: the loser picks again.
     async fn insert_with_ids(&self, d: &mut Deployment) -> Result<(), DeployError> {
-        let range = self.inner.uid_range;
-        let pool = self.inner.pool;
         for _ in 0..16 {
             if d.network_id.is_none() {
-                let mut used: HashSet<String> =
-                    self.inner.store.used_subnets().await?.into_iter().collect();
-                used.extend(self.inner.spares.reserved_subnets());
-                d.subnet = Some(pool.pick(&used).ok_or(RuntimeError::SubnetsExhausted {
-                    pool: pool.to_string(),
-                })?);
-                let mut used = self.inner.users.used_ids().await?;
-                used.extend(self.inner.store.used_uids().await?);
-                used.extend(self.inner.spares.reserved_uids());
-                let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
-                    first: range.first,
-                    last: range.last,
-                })?;
-                d.uid = uid;
-                d.gid = uid;
+                d.subnet = Some(self.free_subnet(&self.taken_subnets().await?)?);
+                d.uid = self.free_uid().await?;
+                d.gid = d.uid;
             }
             match self.inner.store.insert(d).await {
                 Ok(()) => return Ok(()),
@@ -324,15 +310,43 @@ impl Deployments {
         .into())
     }
 
-    /// Makes the image, network, user and container (network and user come made with a
-    /// spare); returns (container id, network id).
+    /// A free UID of the range: no row's, no host user's or group's, no spare's.
+    async fn free_uid(&self) -> Result<u32, DeployError> {
+        let mut used = self.inner.users.used_ids().await?;
+        used.extend(self.inner.store.used_uids().await?);
+        used.extend(self.inner.spares.reserved_uids());
+        let range = self.inner.uid_range;
+        Ok(pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
+            first: range.first,
+            last: range.last,
+        })?)
+    }
+
+    /// The subnets that rows and spares hold.
+    async fn taken_subnets(&self) -> Result<HashSet<String>, DeployError> {
+        let mut taken: HashSet<String> =
+            self.inner.store.used_subnets().await?.into_iter().collect();
+        taken.extend(self.inner.spares.reserved_subnets());
+        Ok(taken)
+    }
+
+    /// A subnet of the pool not in `avoid`.
+    fn free_subnet(&self, avoid: &HashSet<String>) -> Result<String, RuntimeError> {
+        let pool = self.inner.pool;
+        pool.pick(avoid).ok_or(RuntimeError::SubnetsExhausted {
+            pool: pool.to_string(),
+        })
+    }
+
+    /// Makes the image, network, user and container (a deployment whose network id is set
+    /// took a spare: its network and user are made); returns (container id, network id).
     async fn build(
         &self,
         d: &mut Deployment,
         start: bool,
-        spare: bool,
     ) -> Result<(String, String), DeployError> {
         let rt = &self.inner.runtime;
+        let spare = d.network_id.is_some();
         // Independent steps run together. Docker needs the image and the network before the
         // container, but not the host user (it takes a numeric uid:gid), so the user is made
         // alongside all three.
@@ -390,13 +404,9 @@ impl Deployments {
             tracing::info!(deployment.id = %d.id, subnet = ?subnet, error = %err, "subnet held by another Docker network; picking another");
             avoid.extend(subnet.take());
             avoid.extend(rt.docker_subnets().await?);
-            avoid.extend(self.inner.store.used_subnets().await?);
-            avoid.extend(self.inner.spares.reserved_subnets());
-            let pool = self.inner.pool;
+            avoid.extend(self.taken_subnets().await?);
             while subnet.is_none() {
-                let next = pool.pick(&avoid).ok_or(RuntimeError::SubnetsExhausted {
-                    pool: pool.to_string(),
-                })?;
+                let next = self.free_subnet(&avoid)?;
                 match self.inner.store.set_subnet(&d.id, &next).await {
                     Ok(()) => subnet = Some(next),
                     // A concurrent create holds it now: pick again.

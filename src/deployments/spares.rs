@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{DeployError, Deployments, new_id, pick_uid, username_of};
+use super::{DeployError, Deployments, new_id, username_of};
 use crate::runtime::RuntimeError;
 
 /// The network and host user of a deployment to come.
@@ -69,25 +69,24 @@ impl Spares {
     /// A ready network, or the next one made when one is being made that no other create
     /// waits for; `None` when the create must make its own.
     pub(super) async fn take(&self) -> Option<Spare> {
-        let waiter = {
+        let taken = {
             let mut s = self.lock();
             if let Some(spare) = s.ready.pop_front() {
-                drop(s);
-                self.wake.notify_one();
-                return Some(spare);
+                Ok(Some(spare))
+            } else if s.making <= s.waiting.len() {
+                Ok(None)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                s.waiting.push_back(tx);
+                Err(rx)
             }
-            if s.making <= s.waiting.len() {
-                drop(s);
-                // Perhaps the refill waits for a free subnet: let it look again.
-                self.wake.notify_one();
-                return None;
-            }
-            let (tx, rx) = oneshot::channel();
-            s.waiting.push_back(tx);
-            rx
         };
+        // The refill replaces what was taken, or looks again for a free subnet.
         self.wake.notify_one();
-        waiter.await.ok().flatten()
+        match taken {
+            Ok(spare) => spare,
+            Err(waiter) => waiter.await.ok().flatten(),
+        }
     }
 
     /// The subnets no create may pick.
@@ -291,36 +290,21 @@ impl Deployments {
                 subnet,
                 uid,
             }),
-            (network, user) => {
-                let network_err = match network {
-                    Ok((network_id, _)) => {
-                        let _ = self.inner.runtime.remove_network(&network_id).await;
-                        None
-                    }
-                    Err(e) => Some(e),
-                };
-                if user.is_ok() {
-                    let _ = self.inner.users.delete(&username).await;
-                }
-                Err(match (network_err, user) {
-                    (Some(e), _) => e,
-                    (None, Err(e)) => e.into(),
-                    (None, Ok(())) => unreachable!("one of the two failed"),
-                })
+            (Ok((network_id, _)), Err(e)) => {
+                let _ = self.inner.runtime.remove_network(&network_id).await;
+                Err(e.into())
             }
+            (Err(e), Ok(())) => {
+                let _ = self.inner.users.delete(&username).await;
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
         }
     }
 
     /// A free UID for a spare, reserved.
     async fn pick_spare_uid(&self, deployment_id: &str) -> Result<u32, DeployError> {
-        let mut used = self.inner.users.used_ids().await?;
-        used.extend(self.inner.store.used_uids().await?);
-        used.extend(self.inner.spares.reserved_uids());
-        let range = self.inner.uid_range;
-        let uid = pick_uid(range, &used).ok_or(RuntimeError::UidsExhausted {
-            first: range.first,
-            last: range.last,
-        })?;
+        let uid = self.free_uid().await?;
         self.inner.spares.reserve_uid(deployment_id, uid);
         Ok(uid)
     }
@@ -332,17 +316,10 @@ impl Deployments {
         deployment_id: &str,
     ) -> Result<(String, String), DeployError> {
         let spares = &self.inner.spares;
-        let mut avoid: HashSet<String> =
-            self.inner.store.used_subnets().await?.into_iter().collect();
+        let mut avoid = self.taken_subnets().await?;
         for _ in 0..8 {
             avoid.extend(spares.reserved_subnets());
-            let subnet = self
-                .inner
-                .pool
-                .pick(&avoid)
-                .ok_or(RuntimeError::SubnetsExhausted {
-                    pool: self.inner.pool.to_string(),
-                })?;
+            let subnet = self.free_subnet(&avoid)?;
             spares.reserve_subnet(deployment_id, Some(&subnet));
             let made = self
                 .inner

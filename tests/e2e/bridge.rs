@@ -152,11 +152,7 @@ async fn traffic_to_a_running_deployment_makes_no_docker_request() {
     })
     .await;
     // Nor the sweep that follows start-up (the next is minutes away).
-    eventually("the sweep after start-up", Duration::from_secs(60), || {
-        let done = app.sweeps_done() >= 1;
-        async move { done.then_some(()) }
-    })
-    .await;
+    app.first_sweep_done().await;
     for (name, fields) in upstreams() {
         if name == "sse" {
             continue; // the same path as streamable_http: an HTTP upstream in the container

@@ -457,11 +457,7 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     .await;
     let spares_before = made_ahead(&instance);
     // The server's own sweep after start-up has run; the next is minutes away.
-    eventually("the sweep after start-up", Duration::from_secs(60), || {
-        let done = app.sweeps_done() >= 1;
-        async move { done.then_some(()) }
-    })
-    .await;
+    app.first_sweep_done().await;
 
     // A network of no deployment and a spare of no run appear after start-up.
     let orphan = ghost_network(&instance, &mcp_runner::deployments::new_id(), false);

@@ -179,12 +179,18 @@ impl TestApp {
         app
     }
 
-    /// Sweeps the server has finished (its own and those of `sweep`).
-    pub fn sweeps_done(&self) -> u64 {
-        self.state
+    /// Waits until the server's own sweep after start-up has run (the next is minutes away).
+    pub async fn first_sweep_done(&self) {
+        let deployments = self
+            .state
             .deployments()
             .expect("the server is ready")
-            .sweeps_done()
+            .clone();
+        eventually("the sweep after start-up", Duration::from_secs(60), || {
+            let done = deployments.sweeps_done() >= 1;
+            async move { done.then_some(()) }
+        })
+        .await;
     }
 
     /// Runs the server's sweep of what no row explains now.
