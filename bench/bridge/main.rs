@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use cpu::{Cpu, CpuProbe, GROUPS};
 use support::api::fixture_deployment;
-use support::client::{Direct, Http, Sample, Transport, Work, drive};
+use support::client::{Direct, Floor, Http, Sample, Transport, Work, drive};
 use support::setup::{self, DirectContainer, RunnerServer};
 use support::{env_list, env_or, ms, quantile};
 
@@ -176,6 +176,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
                 opts: &opts,
                 direct,
                 http: http.clone(),
+                floor: Floor::new(&s.api.url)?,
                 ids: Arc::new(AtomicU64::new(1)),
                 probe: &probe,
             };
@@ -226,6 +227,8 @@ struct Case {
 /// Results of a whole run.
 struct Report {
     echo: Vec<Case>,
+    /// The HTTP round trip alone (`Floor`), per concurrency.
+    floor: Vec<Case>,
     payload: Vec<(u64, Vec<Case>)>,
     probe: CpuProbe,
 }
@@ -249,6 +252,7 @@ struct Bench<'a> {
     opts: &'a Options,
     direct: Arc<Direct>,
     http: Arc<Http>,
+    floor: Arc<Floor>,
     /// One id sequence for both: every request of the run has its own id.
     ids: Arc<AtomicU64>,
     probe: &'a CpuProbe,
@@ -310,9 +314,33 @@ impl Bench<'_> {
     async fn measure(&self) -> anyhow::Result<Report> {
         let opts = self.opts;
         let mut echo = Vec::new();
+        let mut floor = Vec::new();
         for &c in &opts.concurrency {
             let t = Instant::now();
             echo.extend(self.compare(c, opts.calls, opts.warmup, Work::Echo).await?);
+            if opts.bridge {
+                let budget = (opts.calls, opts.max_time);
+                drive(
+                    &self.floor,
+                    &self.ids,
+                    c,
+                    opts.warmup,
+                    opts.max_time / 5,
+                    Work::Probe,
+                )
+                .await
+                .context("HTTP floor warm-up")?;
+                let (sample, cpu) =
+                    batch(&self.floor, &self.ids, c, budget, Work::Probe, self.probe)
+                        .await
+                        .with_context(|| format!("HTTP floor at concurrency {c}"))?;
+                floor.push(Case {
+                    side: "floor",
+                    concurrency: c,
+                    sample,
+                    cpu,
+                });
+            }
             eprintln!(
                 "  echo at concurrency {c}: {:.1} s",
                 t.elapsed().as_secs_f64()
@@ -332,6 +360,7 @@ impl Bench<'_> {
         }
         Ok(Report {
             echo,
+            floor,
             payload,
             probe: self.probe.clone(),
         })
@@ -364,14 +393,40 @@ fn stats(s: &Sample) -> Stats {
 }
 
 fn label(side: &str) -> &'static str {
-    if side == "direct" {
-        "direct (attach stdio)"
-    } else {
-        "bridge (HTTP + SSE)"
+    match side {
+        "direct" => "direct (attach stdio)",
+        "floor" => "HTTP floor (/healthz)",
+        _ => "bridge (HTTP + SSE)",
     }
 }
 
 impl Report {
+    /// What the HTTP floor alone leaves of direct throughput at `conc`: one call of any HTTP
+    /// front costs at least a direct call plus the floor's round trip, in time (concurrency 1)
+    /// and in CPU (higher concurrency, where the cores are the limit).
+    fn floor_bound(&self, conc: usize) -> Option<String> {
+        let direct = self
+            .echo
+            .iter()
+            .find(|c| c.side == "direct" && c.concurrency == conc)?;
+        let floor = self.floor.iter().find(|c| c.concurrency == conc)?;
+        let (d, f) = (stats(&direct.sample), stats(&floor.sample));
+        if conc == 1 {
+            let bound = ms(d.p50) / (ms(d.p50) + ms(f.p50));
+            Some(format!(
+                "HTTP floor p50 {:.3} ms: an HTTP front adding only that keeps at most {bound:.2}x of direct",
+                ms(f.p50)
+            ))
+        } else {
+            let per_call = |c: &Case| self.probe.per_call(&c.cpu, c.sample.answered.len()).1;
+            let (dc, fc) = (per_call(direct), per_call(floor));
+            let bound = dc / (dc + fc);
+            Some(format!(
+                "HTTP floor {fc:.0} µs CPU per call: an HTTP front adding only that keeps at most {bound:.2}x of direct"
+            ))
+        }
+    }
+
     fn print(&self, opts: &Options, cores: usize) {
         println!();
         println!(
@@ -391,7 +446,7 @@ impl Report {
             "{:<22} {:>4} {:>7} {:>10} {:>9} {:>9} {:>11}",
             "echo", "conc", "calls", "calls/s", "p50 ms", "p99 ms", "end p50 ms"
         );
-        for c in &self.echo {
+        for c in self.echo.iter().chain(&self.floor) {
             let s = stats(&c.sample);
             println!(
                 "{:<22} {:>4} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>11.3}",
@@ -405,6 +460,9 @@ impl Report {
             );
         }
         println!("('end p50': until the SSE stream has ended and the connection is free again)");
+        println!(
+            "('HTTP floor': the same HTTP client's GET /healthz through the same server: what an HTTP hop costs before any bridging)"
+        );
         println!();
         for &conc in &opts.concurrency {
             let find = |side: &str| {
@@ -420,6 +478,9 @@ impl Report {
                     ms(b.p50) - ms(d.p50),
                     ms(b.p99) - ms(d.p99),
                 );
+            }
+            if let Some(line) = self.floor_bound(conc) {
+                println!("  {line}");
             }
         }
 
@@ -488,6 +549,7 @@ impl Report {
         let all = self
             .echo
             .iter()
+            .chain(&self.floor)
             .map(|c| (format!("echo c={} {}", c.concurrency, c.side), c))
             .chain(self.payload.iter().flat_map(|(kb, cases)| {
                 cases

@@ -447,6 +447,52 @@ async fn read_answer(resp: reqwest::Response, id: u64) -> anyhow::Result<Reply> 
     })
 }
 
+/// The HTTP floor: the same client and server without the bridge. `GET /healthz` goes through
+/// mcp-runner's router and middleware like an MCP request, and the answer is a fixed small JSON
+/// body, so its round trip is what any HTTP front on this machine costs before it does any
+/// work of its own.
+pub struct Floor {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Floor {
+    /// A client of `base` (`http://host:port`), built like `Http`'s.
+    pub fn new(base: &str) -> anyhow::Result<Arc<Floor>> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("HTTP client")?;
+        Ok(Arc::new(Floor {
+            client,
+            url: format!("{base}/healthz"),
+        }))
+    }
+}
+
+impl Transport for Floor {
+    async fn call(&self, _id: u64, _body: Vec<u8>) -> anyhow::Result<Reply> {
+        let exchange = async {
+            let resp = self.client.get(&self.url).send().await.context("GET")?;
+            let status = resp.status();
+            let bytes = resp.bytes().await.context("read the body")?;
+            if !status.is_success() {
+                bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+            }
+            let message: Value = serde_json::from_slice(&bytes).context("JSON body")?;
+            let now = Instant::now();
+            Ok(Reply {
+                message,
+                answered: now,
+                finished: now,
+            })
+        };
+        tokio::time::timeout(CALL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow!("no answer from {} within {CALL_TIMEOUT:?}", self.url))?
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The load driver.
 
@@ -457,6 +503,8 @@ pub enum Work {
     Echo,
     /// `payload` of this many KiB.
     Payload(u64),
+    /// A liveness probe (`Floor`): no MCP message at all.
+    Probe,
 }
 
 impl Work {
@@ -464,20 +512,22 @@ impl Work {
         match self {
             Work::Echo => tool_call_body(id, "echo", json!({"text": echo_text(id)})),
             Work::Payload(kb) => tool_call_body(id, "payload", json!({"kb": kb})),
+            Work::Probe => Vec::new(),
         }
     }
 
     /// Checks the answer; returns the payload bytes it carried.
     fn check(self, message: &Value, id: u64) -> anyhow::Result<u64> {
-        let text = tool_text(message, id)?;
         match self {
             Work::Echo => {
+                let text = tool_text(message, id)?;
                 if text != echo_text(id) {
                     bail!("echo of call {id} came back as {text:?}");
                 }
                 Ok(text.len() as u64)
             }
             Work::Payload(kb) => {
+                let text = tool_text(message, id)?;
                 let want = kb * 1024;
                 if text.len() as u64 != want || !all_x(text.as_bytes()) {
                     bail!(
@@ -486,6 +536,12 @@ impl Work {
                     );
                 }
                 Ok(want)
+            }
+            Work::Probe => {
+                if message.get("status").and_then(Value::as_str) != Some("ok") {
+                    bail!("the probe answered {}", short(message));
+                }
+                Ok(0)
             }
         }
     }
