@@ -323,11 +323,7 @@ async fn streamed_answer(link: &Link, mut rx: mpsc::Receiver<SseEvent>, prime: b
             // The stream ended with this one message, and not because the session did: it
             // was the response.
             Err(mpsc::error::TryRecvError::Disconnected) if !link.session.is_closed() => {
-                return (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    event.data.to_string(),
-                )
-                    .into_response();
+                return json_response(event.data);
             }
             Ok(next) => first.extend([event, next]),
             Err(_) => first.push(event),
@@ -404,16 +400,43 @@ fn wants_stream(method: &str, message: &Value) -> bool {
         )
 }
 
-/// Waits for the JSON answer of a request.
-async fn json_answer(link: &Link, rx: tokio::sync::oneshot::Receiver<Value>, id: &Value) -> Value {
+/// Waits for the JSON answer of a request: the response's text.
+async fn json_answer(
+    link: &Link,
+    rx: tokio::sync::oneshot::Receiver<Arc<str>>,
+    id: &Value,
+) -> Arc<str> {
+    let failed = |code, message| -> Arc<str> {
+        jsonrpc::error_response(id.clone(), code, message, None)
+            .to_string()
+            .into()
+    };
     tokio::select! {
-        answer = rx => answer.unwrap_or_else(|_| jsonrpc::error_response(
-            id.clone(), code::SERVER_UNAVAILABLE, "the session ended before the server answered", None)),
-        () = tokio::time::sleep(ANSWER_TIMEOUT) => jsonrpc::error_response(
-            id.clone(), code::INTERNAL_ERROR, "the server did not answer in time", None),
-        () = link.session.closed.cancelled() => jsonrpc::error_response(
-            id.clone(), code::SERVER_UNAVAILABLE, "the session ended before the server answered", None),
+        answer = rx => answer.unwrap_or_else(|_| failed(
+            code::SERVER_UNAVAILABLE, "the session ended before the server answered")),
+        () = tokio::time::sleep(ANSWER_TIMEOUT) => failed(
+            code::INTERNAL_ERROR, "the server did not answer in time"),
+        () = link.session.closed.cancelled() => failed(
+            code::SERVER_UNAVAILABLE, "the session ended before the server answered"),
     }
+}
+
+/// The bytes of a message's text, shared rather than copied into the response body.
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// A `200 application/json` response whose body is `text`.
+fn json_response(text: Arc<str>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_owner(Text(text)),
+    )
+        .into_response()
 }
 
 async fn mcp_post(
@@ -449,9 +472,11 @@ async fn mcp_post(
             bridge.end_session(&link);
             return Err(e);
         }
-        let answer = json_answer(&link, rx, &rpc_id).await;
-        let mut resp = Json(&answer).into_response();
-        if answer.get("result").is_some() {
+        let text = json_answer(&link, rx, &rpc_id).await;
+        let succeeded =
+            serde_json::from_str::<Value>(&text).is_ok_and(|answer| answer.get("result").is_some());
+        let mut resp = json_response(text);
+        if succeeded {
             if let Ok(v) = HeaderValue::from_str(&link.session.id) {
                 resp.headers_mut().insert("mcp-session-id", v);
             }
@@ -481,7 +506,7 @@ async fn mcp_post(
             } else {
                 let rx = link.session.expect_json(key);
                 forward(&link, message, kind)?;
-                Ok(Json(json_answer(&link, rx, &rpc_id).await).into_response())
+                Ok(json_response(json_answer(&link, rx, &rpc_id).await))
             }
         }
     }

@@ -1,7 +1,13 @@
 //! The JSON-RPC 2.0 envelope as the bridge needs it: classify a message, read and rewrite ids,
 //! progress tokens and cancellation targets, build error objects. Payloads stay untouched
-//! `serde_json::Value`s: the bridge never needs to understand them.
+//! `serde_json::Value`s: the bridge never needs to understand them. A successful response,
+//! the bulk of what a server writes, is not even built as a `Value`: `RawResult` finds its id
+//! in the text and the new id is spliced in, so a large result is scanned once and copied once.
 
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// JSON-RPC error codes the bridge produces.
@@ -156,9 +162,110 @@ pub fn result_response(id: Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
+/// The top level of a message, borrowed from its text. Parsing it checks that the whole text is
+/// JSON, without building the payload; a key given twice fails it.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+/// A successful response with an unsigned integer id (the ids the bridge gives requests),
+/// read from its text without parsing its result.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawResult<'a> {
+    text: &'a str,
+    /// The response's id.
+    pub id: u64,
+    /// Where the id's JSON stands in `text`.
+    id_at: Range<usize>,
+}
+
+impl<'a> RawResult<'a> {
+    /// The response in `line`, when it is a well-formed JSON-RPC success response with an
+    /// unsigned integer id; `None` for anything else (which the caller handles as a `Value`).
+    pub fn parse(line: &'a [u8]) -> Option<RawResult<'a>> {
+        let text = std::str::from_utf8(line).ok()?;
+        let envelope: Envelope<'a> = serde_json::from_str(text).ok()?;
+        if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"")
+            || envelope.method.is_some()
+            || envelope.error.is_some()
+        {
+            return None;
+        }
+        // `"result": null` reads as no result here; the `Value` path takes it.
+        envelope.result?;
+        let raw = envelope.id?.get();
+        let id = raw.parse::<u64>().ok()?;
+        // The raw id borrows from `text`: its place is where its bytes are.
+        let start = (raw.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        let id_at = start..start + raw.len();
+        (text.get(id_at.clone()) == Some(raw)).then_some(RawResult { text, id, id_at })
+    }
+
+    /// The response's text with `id` in place of its own.
+    pub fn with_id(&self, id: &Value) -> String {
+        let id = id.to_string();
+        let mut out = String::with_capacity(self.text.len() + id.len());
+        out.push_str(&self.text[..self.id_at.start]);
+        out.push_str(&id);
+        out.push_str(&self.text[self.id_at.end..]);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn success_responses_are_read_and_rewritten_from_their_text() {
+        let line = br#"{"result":{"content":[{"type":"text","text":"id: 7"}]},"jsonrpc":"2.0", "id" : 7 ,"x":[1]}"#;
+        let raw = RawResult::parse(line).expect("a success response");
+        assert_eq!(raw.id, 7);
+        let rewritten: Value = serde_json::from_str(&raw.with_id(&json!("abc"))).expect("JSON");
+        let mut want: Value = serde_json::from_slice(line).expect("JSON");
+        set_id(&mut want, json!("abc"));
+        assert_eq!(rewritten, want, "only the id changed");
+        assert_eq!(
+            RawResult::parse(br#"{"jsonrpc":"2.0","id":0,"result":[]}"#)
+                .expect("parsed")
+                .with_id(&json!(-3)),
+            r#"{"jsonrpc":"2.0","id":-3,"result":[]}"#
+        );
+    }
+
+    #[test]
+    fn anything_but_a_plain_success_response_is_left_to_the_value_path() {
+        for other in [
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":null}"#,
+            r#"{"jsonrpc":"2.0","id":"1","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":-1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1.0,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#,
+            r#"{"jsonrpc":"1.0","id":1,"result":{}}"#,
+            r#"{"id":1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}} x"#,
+            r#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#,
+        ] {
+            assert_eq!(RawResult::parse(other.as_bytes()), None, "{other}");
+        }
+        assert_eq!(
+            RawResult::parse(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"\xff\"}"),
+            None
+        );
+    }
 
     #[test]
     fn classifies_the_three_kinds() {

@@ -39,7 +39,7 @@ impl LineAssembler {
     pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         while !chunk.is_empty() {
-            let newline = chunk.iter().position(|b| *b == b'\n');
+            let newline = memchr::memchr(b'\n', chunk);
             if let Some(seen) = self.skipping.as_mut() {
                 match newline {
                     Some(i) => {

@@ -63,6 +63,18 @@ impl Front {
     }
 }
 
+/// What an outgoing message is, as far as its delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// The response to a client request; `error` when it is an error response.
+    Response {
+        /// An error response.
+        error: bool,
+    },
+    /// A notification or a server request.
+    Other,
+}
+
 /// One SSE event for a client connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
@@ -105,7 +117,7 @@ impl Stream {
 }
 
 enum Target {
-    Json(oneshot::Sender<Value>),
+    Json(oneshot::Sender<Arc<str>>),
     Stream(u64),
 }
 
@@ -224,7 +236,7 @@ impl Session {
     }
 
     /// Waits for the response to request `key` as a JSON body.
-    pub fn expect_json(&self, key: String) -> oneshot::Receiver<Value> {
+    pub fn expect_json(&self, key: String) -> oneshot::Receiver<Arc<str>> {
         let (tx, rx) = oneshot::channel();
         lock(&self.streams).by_request.insert(key, Target::Json(tx));
         rx
@@ -285,15 +297,27 @@ impl Session {
         if self.is_closed() {
             return false;
         }
-        let data: Arc<str> = message.to_string().into();
-        let is_response = matches!(jsonrpc::classify(message), Ok(jsonrpc::Kind::Response));
+        let kind = match jsonrpc::classify(message) {
+            Ok(jsonrpc::Kind::Response) => Outgoing::Response {
+                error: message.get("error").is_some(),
+            },
+            _ => Outgoing::Other,
+        };
+        self.deliver_text(message.to_string().into(), kind, related)
+    }
+
+    /// Delivers a message already serialized (`data`, one line of JSON) of kind `kind`; see
+    /// `deliver`.
+    pub fn deliver_text(&self, data: Arc<str>, kind: Outgoing, related: Option<&str>) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let is_response = matches!(kind, Outgoing::Response { .. });
         let mut s = lock(&self.streams);
-        if is_response && let Some(sent) = related.and_then(|k| s.pending.remove(k)) {
-            let outcome = if message.get("error").is_some() {
-                "error"
-            } else {
-                "result"
-            };
+        if let Outgoing::Response { error } = kind
+            && let Some(sent) = related.and_then(|k| s.pending.remove(k))
+        {
+            let outcome = if error { "error" } else { "result" };
             METRICS.mcp_request(
                 self.front.name(),
                 self.transport,
@@ -328,7 +352,7 @@ impl Session {
         });
         match target {
             Some(Target::Json(tx)) => {
-                let _ = tx.send(message.clone());
+                let _ = tx.send(data);
             }
             Some(Target::Stream(id)) => {
                 s.push(id, data);
@@ -494,7 +518,10 @@ mod tests {
         s.deliver(&note(1), Some("5"));
         assert!(waiter.try_recv().is_err());
         s.deliver(&response(5), Some("5"));
-        assert_eq!(waiter.try_recv().expect("response"), response(5));
+        assert_eq!(
+            &*waiter.try_recv().expect("response"),
+            response(5).to_string()
+        );
     }
 
     #[test]

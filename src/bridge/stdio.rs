@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jsonrpc::{self, Kind, code};
 use super::lines::{Line, LineAssembler};
-use super::session::Session;
+use super::session::{Outgoing, Session};
 use super::version;
 use crate::runtime::{Attached, RuntimeError};
 
@@ -435,6 +435,11 @@ impl Hub {
     }
 
     fn on_server(&mut self, line: &[u8]) {
+        if let Some(raw) = jsonrpc::RawResult::parse(line)
+            && self.server_result(&raw)
+        {
+            return;
+        }
         let Ok(message) = serde_json::from_slice::<Value>(line) else {
             tracing::warn!(deployment.id = %self.deployment_id, "the server wrote a line that is not JSON; ignored");
             return;
@@ -492,6 +497,40 @@ impl Hub {
         }
     }
 
+    /// A success response routed from its text (most of what a server writes); false when it
+    /// needs the `Value` path (the answer to `initialize`).
+    fn server_result(&mut self, raw: &jsonrpc::RawResult<'_>) -> bool {
+        if let Init::InFlight { upstream_id, .. } = &self.init
+            && *upstream_id == raw.id
+        {
+            return false;
+        }
+        let Some(p) = self.take_pending(raw.id) else {
+            return true;
+        };
+        let related = jsonrpc::key(&p.client_id);
+        if let Some(s) = self.sessions.get(&p.session) {
+            let text = raw.with_id(&p.client_id);
+            s.deliver_text(
+                text.into(),
+                Outgoing::Response { error: false },
+                Some(&related),
+            );
+        }
+        true
+    }
+
+    /// Forgets request `our_id` (answered): its cancellation and progress mappings go too.
+    fn take_pending(&mut self, our_id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&our_id)?;
+        self.by_client
+            .remove(&(p.session.clone(), jsonrpc::key(&p.client_id)));
+        if let Some(t) = &p.token {
+            self.progress.remove(t);
+        }
+        Some(p)
+    }
+
     fn server_response(&mut self, mut message: Value) {
         let Some(our_id) = jsonrpc::id(&message).and_then(Value::as_u64) else {
             return;
@@ -502,14 +541,9 @@ impl Hub {
             self.finish_initialize(message);
             return;
         }
-        let Some(p) = self.pending.remove(&our_id) else {
+        let Some(p) = self.take_pending(our_id) else {
             return;
         };
-        self.by_client
-            .remove(&(p.session.clone(), jsonrpc::key(&p.client_id)));
-        if let Some(t) = &p.token {
-            self.progress.remove(t);
-        }
         let related = jsonrpc::key(&p.client_id);
         jsonrpc::set_id(&mut message, p.client_id);
         if let Some(s) = self.sessions.get(&p.session) {
