@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode, Uri};
+use axum::response::Response;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
@@ -367,12 +368,33 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
     ));
 }
 
+/// 404 for a path that no route serves, with the API's JSON error body.
+async fn no_route(method: Method, uri: Uri) -> Response {
+    crate::error::error_response(
+        StatusCode::NOT_FOUND,
+        format!("No route for {method} {}", uri.path()),
+        None,
+    )
+}
+
+/// 405 for a method that a route does not serve, with the API's JSON error body (axum adds
+/// the `Allow` header). The MCP routes answer with a JSON-RPC error body of their own.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    crate::error::error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+        None,
+    )
+}
+
 /// The whole router: API, Swagger UI, body limit, tracing and panic safety.
 fn router(state: AppState, mcp_max_body: usize) -> Router {
     let (api, doc) = crate::api::router(state.clone());
     api.merge(crate::bridge::front::routes(mcp_max_body))
         .with_state(state)
         .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
         .layer(axum::middleware::from_fn(crate::api::count_http))
         .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

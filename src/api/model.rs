@@ -29,12 +29,20 @@ use crate::error::ApiError;
 }))]
 pub struct CreateDeploymentRequest {
     /// Docker image; used when present locally, pulled otherwise.
-    #[schema(example = "mcp/everything:latest")]
+    #[schema(
+        example = "mcp/everything:latest",
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[A-Za-z0-9_+][A-Za-z0-9._/:@+-]*$"
+    )]
     pub image: String,
-    /// The container's command (Docker `Cmd`); the image's default when absent.
+    /// The container's command (Docker `Cmd`); the image's default when absent. At most 256
+    /// entries and 64 KiB in all, no NUL characters.
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub args: Option<Vec<String>>,
-    /// Environment variables of the container.
+    /// Environment variables of the container: at most 256, names of 1-256 characters of
+    /// A-Z, a-z, 0-9 and `_` not starting with a digit, 256 KiB in all, no NUL characters.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
     /// Memory limit in MB (whole number, at least 32: the gVisor sandbox itself lives in
@@ -47,20 +55,23 @@ pub struct CreateDeploymentRequest {
     #[serde(default)]
     #[schema(minimum = 0.1, example = 0.5)]
     pub max_cpus: Option<f64>,
-    /// Seconds without MCP traffic after which the container is stopped (at least 30).
+    /// Seconds without MCP traffic after which the container is stopped (whole, at least 30,
+    /// at most a year).
     #[serde(default)]
-    #[schema(minimum = 30, example = 300)]
+    #[schema(minimum = 30, maximum = 31536000, example = 300)]
     pub pause_after_seconds: Option<f64>,
-    /// Seconds without MCP traffic after which the deployment is deleted (at least 30).
+    /// Seconds without MCP traffic after which the deployment is deleted (whole, at least 30,
+    /// at most a year).
     #[serde(default)]
-    #[schema(minimum = 30, example = 86400)]
+    #[schema(minimum = 30, maximum = 31536000, example = 86400)]
     pub delete_after_seconds: Option<f64>,
     /// Start the container now (default true); otherwise it is created stopped.
     #[serde(default)]
     pub auto_start: Option<bool>,
-    /// Any JSON object, stored and returned as given (at most 16 KiB).
+    /// Any JSON object, stored and returned as given (at most 16 KiB); null or absent is
+    /// `{}`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// How the MCP server in the image speaks.
     pub transport: Transport,
@@ -513,6 +524,56 @@ fn validate_transport(t: &Transport) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The limits the OpenAPI document states are the ones `validate` applies.
+    #[test]
+    fn the_documented_limits_are_the_enforced_ones() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(CreateDeploymentRequest::schema()).expect("JSON");
+        let props = &schema["properties"];
+        assert_eq!(props["image"]["maxLength"], MAX_IMAGE_LEN);
+        assert_eq!(props["args"]["maxItems"], MAX_ARGS);
+        assert_eq!(props["pauseAfterSeconds"]["maximum"], MAX_IDLE_SECONDS);
+        assert_eq!(props["deleteAfterSeconds"]["maximum"], MAX_IDLE_SECONDS);
+        assert_eq!(props["maxMemory"]["minimum"], MIN_MEMORY_MB);
+        // The image pattern, read by hand: a first character of `[A-Za-z0-9_+]`, then any of
+        // `[A-Za-z0-9._/:@+-]`. It accepts exactly what `validate_image` accepts.
+        assert_eq!(
+            props["image"]["pattern"],
+            r"^[A-Za-z0-9_+][A-Za-z0-9._/:@+-]*$"
+        );
+        let pattern_accepts = |image: &str| {
+            let mut bytes = image.bytes();
+            bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b"_+".contains(&b))
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b"._/:@+-".contains(&b))
+        };
+        for image in [
+            "busybox",
+            "mcp/everything:latest",
+            "registry.example.com:5000/a/b@sha256:00ff",
+            "_x",
+            "+x",
+            "",
+            "-x",
+            ".x",
+            ":x",
+            "/x",
+            "@x",
+            "a b",
+            "a$b",
+            "ü",
+        ] {
+            assert_eq!(
+                pattern_accepts(image),
+                validate_image(image).is_ok(),
+                "{image:?}"
+            );
+        }
+    }
+
     #[test]
     fn last_lines_cuts_at_line_ends() {
         let text = "a\nb\nc\n";
@@ -540,8 +601,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     fn limits() -> Limits {
         Limits {

@@ -51,8 +51,18 @@ pub fn routes(max_body: usize) -> Router<AppState> {
         )
         .route("/mcp-server/{id}/sse", get(sse_get))
         .route("/mcp-server/{id}/sse/messages", post(sse_post))
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(no_buffering))
+}
+
+/// 405 with a JSON-RPC error body (axum adds the `Allow` header).
+async fn wrong_method(method: axum::http::Method) -> Reject {
+    rpc_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::INVALID_REQUEST,
+        &format!("Method Not Allowed: {method} is not served here"),
+    )
 }
 
 /// nginx must not buffer any MCP answer (streams above all).

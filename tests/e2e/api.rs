@@ -168,6 +168,48 @@ async fn unknown_deployment_is_404_with_the_contract_body() {
 }
 
 #[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_json_errors() {
+    let app = TestApp::spawn().await;
+    for (method, path) in [(Method::GET, "/nope"), (Method::POST, "/mcp-server")] {
+        let resp = app.authed(method, path).send().await.expect("send");
+        let (status, body) = json_of(resp).await;
+        assert_error_body(status, &body, 404);
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains(path)),
+            "{body}"
+        );
+    }
+    for (method, path, allow) in [
+        (Method::PUT, "/api/deployment", "POST"),
+        (Method::DELETE, "/healthz", "GET"),
+        (Method::POST, "/metrics", "GET"),
+    ] {
+        let resp = app.authed(method, path).send().await.expect("send");
+        let allowed = resp.headers().get("allow").cloned();
+        let (status, body) = json_of(resp).await;
+        assert_error_body(status, &body, 405);
+        let allowed = allowed.expect("an Allow header");
+        assert!(
+            allowed.to_str().is_ok_and(|a| a.contains(allow)),
+            "{allowed:?}"
+        );
+    }
+    // The MCP endpoint answers in JSON-RPC, like its other errors.
+    let resp = app
+        .http
+        .patch(format!("{}/mcp-server/dp_x/mcp", app.url))
+        .send()
+        .await
+        .expect("send");
+    assert!(resp.headers().get("allow").is_some());
+    let (status, body) = json_of(resp).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn a_create_finishes_even_when_its_client_hangs_up() {
     let app = TestApp::spawn().await;
     let image = crate::support::fixture_image().await;
