@@ -833,6 +833,18 @@ mod tests {
 
     fn hub() -> (Arc<StdioHub>, Fake) {
         let (hub_side, fake_side) = tokio::io::duplex(1 << 16);
+        let (hub, stdout) = hub_on(Box::pin(hub_side));
+        let fake = Fake {
+            stdin: BufReader::new(fake_side).lines(),
+            stdout,
+        };
+        (hub, fake)
+    }
+
+    /// A hub writing to `stdin`, and the sender of its process's stdout.
+    fn hub_on(
+        stdin: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
+    ) -> (Arc<StdioHub>, mpsc::UnboundedSender<Bytes>) {
         let (out_tx, out_rx) = mpsc::unbounded_channel::<Bytes>();
         let stdout = futures_util::stream::unfold(out_rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(b), rx))
@@ -840,15 +852,11 @@ mod tests {
         .boxed();
         let attached = Attached {
             stdout,
-            stdin: Box::pin(hub_side),
+            stdin,
             stderr: futures_util::stream::empty().boxed(),
         };
         let hub = StdioHub::spawn("dp".into(), attached, 1 << 20, CancellationToken::new());
-        let fake = Fake {
-            stdin: BufReader::new(fake_side).lines(),
-            stdout: out_tx,
-        };
-        (hub, fake)
+        (hub, out_tx)
     }
 
     fn session(id: &str) -> (Arc<Session>, mpsc::Receiver<SseEvent>) {
@@ -1014,6 +1022,40 @@ mod tests {
             vec![b"a\n".to_vec(), b"b\nc\nd\n".to_vec()]
         );
         drain.abort();
+    }
+
+    /// The hub calls itself busy while another request is in flight: the first request goes
+    /// out at once, the ones sent while it waits go out together.
+    #[tokio::test]
+    async fn requests_sent_while_another_is_in_flight_share_a_write() {
+        let writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let (hub, _stdout) = hub_on(Box::pin(Recorder(writes.clone())));
+        let (s1, _g1) = session("s1");
+        hub.join(s1.clone());
+        let call = |id: u64| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{}});
+        hub.send(s1.clone(), call(1));
+        assert_eq!(
+            writes.lock().expect("lock").len(),
+            1,
+            "an idle hub writes at once"
+        );
+        hub.send(s1.clone(), call(2));
+        hub.send(s1.clone(), call(3));
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while writes.lock().expect("lock").len() < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the batch was written");
+        let writes = writes.lock().expect("lock").clone();
+        assert_eq!(writes.len(), 2, "two writes in all");
+        let ids: Vec<Value> = String::from_utf8(writes[1].clone())
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["id"].clone())
+            .collect();
+        assert_eq!(ids, vec![json!(2), json!(3)], "both lines, in order");
     }
 
     #[test]
