@@ -119,6 +119,17 @@ impl From<BridgeError> for Reject {
                 tracing::warn!(error = %m, "upstream unavailable");
                 rpc_error(StatusCode::BAD_GATEWAY, code::SERVER_UNAVAILABLE, m)
             }
+            BridgeError::Backlog(n) => {
+                tracing::warn!(waiting_bytes = n, "an MCP server is not reading its input");
+                rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::SERVER_UNAVAILABLE,
+                    &format!(
+                        "The MCP server is not reading its input: {:.1} MiB of earlier messages are still waiting for it; try again later",
+                        *n as f64 / f64::from(1 << 20)
+                    ),
+                )
+            }
             BridgeError::Deploy(DeployError::NotFound) => rpc_error(
                 StatusCode::NOT_FOUND,
                 code::INVALID_REQUEST,
@@ -497,6 +508,7 @@ async fn mcp_post(
     }
 
     let link = streamable_session(&bridge, &id, &headers)?;
+    link.check_backlog()?;
     match kind {
         Kind::Notification | Kind::Response => {
             forward(&link, message, kind)?;
@@ -629,6 +641,7 @@ async fn sse_post(
     let link = find_session(&bridge, &id, query.session_id, "sessionId query parameter")?;
     let (message, kind) = read_message(&headers, body)?;
     bridge.touch(&id);
+    link.check_backlog()?;
     forward(&link, message, kind)?;
     Ok((StatusCode::ACCEPTED, "Accepted").into_response())
 }
@@ -643,6 +656,18 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn a_stdin_backlog_is_a_503_that_says_why() {
+        let reject = Reject::from(BridgeError::Backlog(9 << 20));
+        assert_eq!(reject.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reject.code, code::SERVER_UNAVAILABLE);
+        assert!(
+            reject.message.contains("not reading its input") && reject.message.contains("9.0 MiB"),
+            "{}",
+            reject.message
+        );
     }
 
     #[test]

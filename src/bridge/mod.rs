@@ -59,6 +59,9 @@ pub enum BridgeError {
     /// The server in the container cannot be reached (502).
     #[error("{0}")]
     Upstream(String),
+    /// A stdio server leaves this many bytes of earlier messages unread on its stdin (503).
+    #[error("the MCP server is not reading its input: {0} bytes of earlier messages wait")]
+    Backlog(usize),
 }
 
 /// A session and the upstream its messages go to.
@@ -114,6 +117,18 @@ impl Link {
                 up.send(self.session.clone(), message);
                 true
             }
+        }
+    }
+
+    /// Refuses a new client message while a stdio server leaves too much of its input
+    /// unread (see [`stdio::STDIN_BACKLOG_LIMIT`]); checked before anything is recorded
+    /// for the message, so that a refused one leaves no trace in the session.
+    pub fn check_backlog(&self) -> Result<(), BridgeError> {
+        match &self.upstream {
+            Upstream::Stdio(hub) => hub
+                .backlog_full()
+                .map_or(Ok(()), |n| Err(BridgeError::Backlog(n))),
+            Upstream::Streamable(_) | Upstream::Sse(_) => Ok(()),
         }
     }
 

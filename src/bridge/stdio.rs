@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -34,6 +35,12 @@ use super::lines::{Line, LineAssembler};
 use super::session::{Outgoing, Session};
 use super::version;
 use crate::runtime::{Attached, RuntimeError};
+
+/// How many bytes of client messages may wait for a stdio server to read its stdin before
+/// new ones are refused (503). A server that stops reading would otherwise let its clients
+/// grow mcp-runner's memory without bound; one message is always taken while the backlog
+/// is under the limit, so the most a hub holds is this plus one maximal request body.
+pub const STDIN_BACKLOG_LIMIT: usize = 8 << 20;
 
 /// Handle on a running stdio hub. When the last handle goes, the hub stops and lets go of
 /// the process's pipes.
@@ -74,11 +81,7 @@ impl StdioHub {
         // A line goes to stdin at once when the pipe takes it; what the pipe cannot take now
         // waits for a writer task of its own, so that a server that stops reading stdin
         // cannot stop us from reading its stdout.
-        let stdin = Arc::new(Stdin {
-            writer: tokio::sync::Mutex::new(stdin),
-            queue: std::sync::Mutex::default(),
-            wake: tokio::sync::Notify::new(),
-        });
+        let stdin = Stdin::new(stdin);
         let hub = Hub {
             deployment_id,
             sessions: HashMap::new(),
@@ -102,6 +105,13 @@ impl StdioHub {
         });
         tokio::spawn(shared.clone().read(stdout, stdin, max_line, stop));
         Arc::new(StdioHub { shared })
+    }
+
+    /// The bytes of client messages still waiting for the process to read its stdin, when
+    /// they reach [`STDIN_BACKLOG_LIMIT`]: new messages are refused until it reads.
+    pub fn backlog_full(&self) -> Option<usize> {
+        let waiting = self.shared.lock().stdin.backlog.load(Ordering::Relaxed);
+        (waiting >= STDIN_BACKLOG_LIMIT).then_some(waiting)
     }
 
     /// Whether the process is still served.
@@ -185,10 +195,21 @@ struct Stdin {
     writer: tokio::sync::Mutex<std::pin::Pin<Box<dyn AsyncWrite + Send>>>,
     /// Lines (or their rest) the pipe did not take at once, oldest first.
     queue: std::sync::Mutex<VecDeque<Bytes>>,
+    /// The bytes in `queue` (changed under its lock, read without it).
+    backlog: AtomicUsize,
     wake: tokio::sync::Notify,
 }
 
 impl Stdin {
+    fn new(writer: std::pin::Pin<Box<dyn AsyncWrite + Send>>) -> Arc<Stdin> {
+        Arc::new(Stdin {
+            writer: tokio::sync::Mutex::new(writer),
+            queue: std::sync::Mutex::default(),
+            backlog: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
     /// Writes `line` now if nothing waits before it, the pipe takes it and `busy` is false;
     /// otherwise queues it for the writer task. `busy` (other requests in flight) defers the
     /// line so that the lines of requests arriving together go out in one write: each write
@@ -215,6 +236,7 @@ impl Stdin {
                 return;
             }
         }
+        self.backlog.fetch_add(line.len(), Ordering::Relaxed);
         queue.push_back(line);
         self.wake.notify_one();
     }
@@ -249,6 +271,7 @@ impl Stdin {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .drain(..batch.len());
+                self.backlog.fetch_sub(bytes.len(), Ordering::Relaxed);
             }
         }
     }
@@ -969,16 +992,55 @@ mod tests {
         assert!(s1.is_closed() && s2.is_closed());
     }
 
-    /// Records every write it is given.
-    struct Recorder(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+    /// A process's stdin for tests: records every write it takes; while shut it takes
+    /// nothing (a server that does not read), until opened.
+    #[derive(Default)]
+    struct Pipe {
+        shut: std::sync::atomic::AtomicBool,
+        waker: std::sync::Mutex<Option<std::task::Waker>>,
+        writes: std::sync::Mutex<Vec<Vec<u8>>>,
+    }
 
-    impl AsyncWrite for Recorder {
+    impl Pipe {
+        fn shut() -> Arc<Pipe> {
+            let pipe = Pipe::default();
+            pipe.shut.store(true, Ordering::SeqCst);
+            Arc::new(pipe)
+        }
+
+        fn open(&self) {
+            self.shut.store(false, Ordering::SeqCst);
+            if let Some(w) = self.waker.lock().expect("lock").take() {
+                w.wake();
+            }
+        }
+
+        fn writes(&self) -> Vec<Vec<u8>> {
+            self.writes.lock().expect("lock").clone()
+        }
+
+        fn taken(&self) -> usize {
+            self.writes.lock().expect("lock").iter().map(Vec::len).sum()
+        }
+
+        fn stdin(self: &Arc<Self>) -> std::pin::Pin<Box<dyn AsyncWrite + Send>> {
+            Box::pin(PipeStdin(self.clone()))
+        }
+    }
+
+    struct PipeStdin(Arc<Pipe>);
+
+    impl AsyncWrite for PipeStdin {
         fn poll_write(
             self: std::pin::Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            self.0.lock().expect("lock").push(buf.to_vec());
+            if self.0.shut.load(Ordering::SeqCst) {
+                *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.0.writes.lock().expect("lock").push(buf.to_vec());
             Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(
@@ -997,15 +1059,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_hub_writes_at_once_and_a_busy_one_batches_in_order() {
-        let writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let stdin = Arc::new(Stdin {
-            writer: tokio::sync::Mutex::new(Box::pin(Recorder(writes.clone()))),
-            queue: std::sync::Mutex::default(),
-            wake: tokio::sync::Notify::new(),
-        });
+        let pipe = Arc::new(Pipe::default());
+        let stdin = Stdin::new(pipe.stdin());
         let drain = tokio::spawn(stdin.clone().drain());
         stdin.send(Bytes::from_static(b"a\n"), false);
-        assert_eq!(*writes.lock().expect("lock"), vec![b"a\n".to_vec()]);
+        assert_eq!(pipe.writes(), vec![b"a\n".to_vec()]);
         stdin.send(Bytes::from_static(b"b\n"), true);
         stdin.send(Bytes::from_static(b"c\n"), true);
         // Not busy, but lines wait before it: it must not overtake them.
@@ -1017,10 +1075,7 @@ mod tests {
         })
         .await
         .expect("the queue drained");
-        assert_eq!(
-            *writes.lock().expect("lock"),
-            vec![b"a\n".to_vec(), b"b\nc\nd\n".to_vec()]
-        );
+        assert_eq!(pipe.writes(), vec![b"a\n".to_vec(), b"b\nc\nd\n".to_vec()]);
         drain.abort();
     }
 
@@ -1028,27 +1083,23 @@ mod tests {
     /// out at once, the ones sent while it waits go out together.
     #[tokio::test]
     async fn requests_sent_while_another_is_in_flight_share_a_write() {
-        let writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let (hub, _stdout) = hub_on(Box::pin(Recorder(writes.clone())));
+        let pipe = Arc::new(Pipe::default());
+        let (hub, _stdout) = hub_on(pipe.stdin());
         let (s1, _g1) = session("s1");
         hub.join(s1.clone());
         let call = |id: u64| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{}});
         hub.send(s1.clone(), call(1));
-        assert_eq!(
-            writes.lock().expect("lock").len(),
-            1,
-            "an idle hub writes at once"
-        );
+        assert_eq!(pipe.writes().len(), 1, "an idle hub writes at once");
         hub.send(s1.clone(), call(2));
         hub.send(s1.clone(), call(3));
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while writes.lock().expect("lock").len() < 2 {
+            while pipe.writes().len() < 2 {
                 tokio::task::yield_now().await;
             }
         })
         .await
         .expect("the batch was written");
-        let writes = writes.lock().expect("lock").clone();
+        let writes = pipe.writes();
         assert_eq!(writes.len(), 2, "two writes in all");
         let ids: Vec<Value> = String::from_utf8(writes[1].clone())
             .expect("utf-8")
@@ -1056,6 +1107,39 @@ mod tests {
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["id"].clone())
             .collect();
         assert_eq!(ids, vec![json!(2), json!(3)], "both lines, in order");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_read_stdin_holds_at_most_the_backlog_limit() {
+        let pipe = Pipe::shut();
+        let (hub, _stdout) = hub_on(pipe.stdin());
+        let (s1, _g1) = session("s1");
+        hub.join(s1.clone());
+        let text = "x".repeat(1 << 20);
+        let mut sent = 0;
+        while hub.backlog_full().is_none() {
+            assert!(sent < 64, "the backlog never counted as full");
+            let call = json!({"jsonrpc":"2.0","id":sent,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":text}}});
+            hub.send(s1.clone(), call);
+            sent += 1;
+        }
+        // Eight lines of a little over 1 MiB reach the 8 MiB limit; not one fewer.
+        assert_eq!(sent, STDIN_BACKLOG_LIMIT >> 20);
+        let waiting = hub.backlog_full().expect("full");
+        assert!((STDIN_BACKLOG_LIMIT..STDIN_BACKLOG_LIMIT + 4096).contains(&waiting));
+
+        // Once the server reads again, everything goes out and new messages are taken.
+        pipe.open();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while pipe.taken() < waiting || hub.backlog_full().is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the backlog drained");
+        assert_eq!(pipe.taken(), waiting);
+        assert_eq!(hub.shared.lock().stdin.backlog.load(Ordering::SeqCst), 0);
     }
 
     #[test]
