@@ -7,7 +7,8 @@
 //! - `Direct` writes newline-delimited JSON-RPC to the container's stdin over its Docker
 //!   attach stream and reads stdout (what mcp-runner's stdio hub itself does);
 //! - `Http` POSTs each message to mcp-runner's Streamable HTTP front and reads the answer
-//!   from the SSE stream of the response (or a JSON body).
+//!   from the SSE stream of the response (or a JSON body), over keep-alive HTTP/1.1
+//!   connections (hyper's client connection, one request in flight per connection).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,12 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use mcp_runner::runtime::{Attached, RuntimeError};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde_json::{Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// The protocol revision the clients ask for (the newest the bridge knows).
@@ -299,12 +307,102 @@ impl Transport for Direct {
 // ---------------------------------------------------------------------------------------
 // Http: mcp-runner's Streamable HTTP front.
 
-/// A Streamable HTTP client session (a keep-alive connection pool, one MCP session).
+type ReqBody = Full<Bytes>;
+
+/// A keep-alive HTTP/1.1 connection. No task of its own drives it: the task that sends a
+/// request on it polls it until the response has been read, as a client of one server
+/// with a request in flight per connection can, so that an answer wakes the waiting task
+/// itself rather than a connection task that then wakes it (one thread hop fewer per call,
+/// the same as the direct client's reader task costs it once per stream).
+struct Conn {
+    send: http1::SendRequest<ReqBody>,
+    conn: http1::Connection<TokioIo<TcpStream>, ReqBody>,
+}
+
+/// Idle connections to one server; a caller takes one (or opens one) for each exchange.
+struct Connections {
+    /// `host:port`.
+    authority: String,
+    host: HeaderValue,
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl Connections {
+    /// Connections to the server of `url` (`http://host:port/...`); returns them and the
+    /// path and query of `url`.
+    fn new(url: &str) -> anyhow::Result<(Connections, String)> {
+        let uri: Uri = url.parse().with_context(|| format!("URL {url}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("URL {url}: only http:// is supported");
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("URL {url} has no host"))?
+            .to_string();
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        Ok((
+            Connections {
+                host: HeaderValue::from_str(&authority)?,
+                authority,
+                idle: Mutex::new(Vec::new()),
+            },
+            path,
+        ))
+    }
+
+    async fn open(&self) -> anyhow::Result<Conn> {
+        let tcp = TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("connect to {}", self.authority))?;
+        tcp.set_nodelay(true).context("TCP_NODELAY")?;
+        let (send, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        Ok(Conn { send, conn })
+    }
+
+    /// Sends `request` (its `Host` header added) and hands the response to `read`, driving
+    /// the connection until `read` is done; the connection is kept for the next exchange
+    /// when all went well.
+    async fn exchange<T, F, Fut>(&self, mut request: Request<ReqBody>, read: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(Response<Incoming>) -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let idle = self.idle.lock().expect("lock").pop();
+        let Conn { mut send, mut conn } = match idle {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        request.headers_mut().insert(HOST, self.host.clone());
+        let work = async {
+            send.ready().await.context("the connection")?;
+            let response = send.send_request(request).await.context("send")?;
+            read(response).await
+        };
+        let out = tokio::select! {
+            biased;
+            out = work => out,
+            end = &mut conn => Err(match end {
+                Ok(()) => anyhow!("the server closed the connection"),
+                Err(e) => anyhow::Error::new(e).context("the connection"),
+            }),
+        };
+        if out.is_ok() {
+            self.idle.lock().expect("lock").push(Conn { send, conn });
+        }
+        out
+    }
+}
+
+/// A Streamable HTTP client session (keep-alive connections, one MCP session).
 pub struct Http {
     /// When the response to `initialize` was in hand.
     pub initialized: Instant,
-    client: reqwest::Client,
-    url: String,
+    connections: Connections,
+    path: String,
     session: HeaderValue,
     version: HeaderValue,
 }
@@ -314,24 +412,24 @@ const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 impl Http {
     /// Opens a session at `url` (`…/mcp-server/{id}/mcp`).
     pub async fn connect(url: String) -> anyhow::Result<Arc<Http>> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .context("HTTP client")?;
-        let resp = client
-            .post(&url)
+        let (connections, path) = Connections::new(&url)?;
+        let request = Request::post(&path)
             .header(ACCEPT, ACCEPT_BOTH)
             .header(CONTENT_TYPE, "application/json")
-            .body(initialize_body(0))
-            .send()
+            .body(Full::from(initialize_body(0)))?;
+        let (session, init) = connections
+            .exchange(request, |resp| async move {
+                let session = resp
+                    .headers()
+                    .get("mcp-session-id")
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("initialize answered {} without a session id", resp.status())
+                    })?;
+                Ok((session, read_answer(resp, 0).await?))
+            })
             .await
             .context("POST initialize")?;
-        let session = resp
-            .headers()
-            .get("mcp-session-id")
-            .cloned()
-            .ok_or_else(|| anyhow!("initialize answered {} without a session id", resp.status()))?;
-        let init = read_answer(resp, 0).await?;
         let version = init
             .message
             .pointer("/result/protocolVersion")
@@ -340,35 +438,53 @@ impl Http {
         let http = Http {
             initialized: init.answered,
             version: HeaderValue::from_str(version)?,
-            client,
-            url,
+            connections,
+            path,
             session,
         };
-        let resp = http.post(initialized_body()).send().await?;
-        if resp.status().as_u16() != 202 {
-            bail!("notifications/initialized answered {}", resp.status());
+        let status = http
+            .connections
+            .exchange(http.post(initialized_body())?, |resp| async move {
+                let status = resp.status();
+                resp.into_body().collect().await.context("read the body")?;
+                Ok(status)
+            })
+            .await?;
+        if status != StatusCode::ACCEPTED {
+            bail!("notifications/initialized answered {status}");
         }
         Ok(Arc::new(http))
     }
 
-    fn post(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
-        self.client
-            .post(&self.url)
-            .header(ACCEPT, ACCEPT_BOTH)
-            .header(CONTENT_TYPE, "application/json")
+    fn with_session(&self, builder: http::request::Builder) -> http::request::Builder {
+        builder
             .header("mcp-session-id", self.session.clone())
             .header("mcp-protocol-version", self.version.clone())
-            .body(body)
+    }
+
+    fn post(&self, body: Vec<u8>) -> anyhow::Result<Request<ReqBody>> {
+        let builder = self.with_session(
+            Request::post(&self.path)
+                .header(ACCEPT, ACCEPT_BOTH)
+                .header(CONTENT_TYPE, "application/json"),
+        );
+        Ok(builder.body(Full::from(body))?)
     }
 
     /// Ends the session (`DELETE`).
     pub async fn close(&self) {
+        let Ok(request) = self
+            .with_session(Request::delete(&self.path))
+            .body(ReqBody::default())
+        else {
+            return;
+        };
         let _ = self
-            .client
-            .delete(&self.url)
-            .header("mcp-session-id", self.session.clone())
-            .header("mcp-protocol-version", self.version.clone())
-            .send()
+            .connections
+            .exchange(request, |resp| async move {
+                resp.into_body().collect().await?;
+                Ok(())
+            })
             .await;
     }
 }
@@ -376,8 +492,11 @@ impl Http {
 impl Transport for Http {
     async fn call(&self, id: u64, body: Vec<u8>) -> anyhow::Result<Reply> {
         let exchange = async {
-            let resp = self.post(body).send().await.context("POST")?;
-            read_answer(resp, id).await
+            let request = self.post(body)?;
+            self.connections
+                .exchange(request, |resp| read_answer(resp, id))
+                .await
+                .context("POST")
         };
         tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
@@ -387,19 +506,28 @@ impl Transport for Http {
 
 /// The response to `id` out of an HTTP answer: a JSON body, or an SSE stream read to its end
 /// (so that the keep-alive connection can carry the next request).
-async fn read_answer(resp: reqwest::Response, id: u64) -> anyhow::Result<Reply> {
+async fn read_answer(resp: Response<Incoming>, id: u64) -> anyhow::Result<Reply> {
     let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        bail!("HTTP {status}: {text}");
-    }
     let sse = resp
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
     if !sse {
-        let bytes = resp.bytes().await.context("read the JSON body")?;
+        let bytes = body
+            .collect()
+            .await
+            .context("read the JSON body")?
+            .to_bytes();
         let message: Value = serde_json::from_slice(&bytes).context("JSON body")?;
         let now = Instant::now();
         return Ok(Reply {
@@ -408,13 +536,14 @@ async fn read_answer(resp: reqwest::Response, id: u64) -> anyhow::Result<Reply> 
             finished: now,
         });
     }
-    let mut stream = resp.bytes_stream();
     let mut lines = Lines::default();
     let mut data: Vec<u8> = Vec::new();
     let mut has_data = false;
     let mut answer: Option<(Value, Instant)> = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("read the SSE stream")?;
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame.context("read the SSE stream")?.into_data() else {
+            continue;
+        };
         lines.push(&chunk, |line| {
             if line.is_empty() {
                 // End of an event.
@@ -452,44 +581,48 @@ async fn read_answer(resp: reqwest::Response, id: u64) -> anyhow::Result<Reply> 
 /// body, so its round trip is what any HTTP front on this machine costs before it does any
 /// work of its own.
 pub struct Floor {
-    client: reqwest::Client,
-    url: String,
+    connections: Connections,
+    path: String,
 }
 
 impl Floor {
     /// A client of `base` (`http://host:port`), built like `Http`'s.
     pub fn new(base: &str) -> anyhow::Result<Arc<Floor>> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .context("HTTP client")?;
-        Ok(Arc::new(Floor {
-            client,
-            url: format!("{base}/healthz"),
-        }))
+        let (connections, path) = Connections::new(&format!("{base}/healthz"))?;
+        Ok(Arc::new(Floor { connections, path }))
     }
 }
 
 impl Transport for Floor {
     async fn call(&self, _id: u64, _body: Vec<u8>) -> anyhow::Result<Reply> {
         let exchange = async {
-            let resp = self.client.get(&self.url).send().await.context("GET")?;
-            let status = resp.status();
-            let bytes = resp.bytes().await.context("read the body")?;
-            if !status.is_success() {
-                bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
-            }
-            let message: Value = serde_json::from_slice(&bytes).context("JSON body")?;
-            let now = Instant::now();
-            Ok(Reply {
-                message,
-                answered: now,
-                finished: now,
-            })
+            let request = Request::get(&self.path).body(ReqBody::default())?;
+            self.connections
+                .exchange(request, |resp| async move {
+                    let status = resp.status();
+                    let bytes = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .context("read the body")?
+                        .to_bytes();
+                    if !status.is_success() {
+                        bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+                    }
+                    let message: Value = serde_json::from_slice(&bytes).context("JSON body")?;
+                    let now = Instant::now();
+                    Ok(Reply {
+                        message,
+                        answered: now,
+                        finished: now,
+                    })
+                })
+                .await
+                .context("GET")
         };
         tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
-            .map_err(|_| anyhow!("no answer from {} within {CALL_TIMEOUT:?}", self.url))?
+            .map_err(|_| anyhow!("no answer from {} within {CALL_TIMEOUT:?}", self.path))?
     }
 }
 
