@@ -476,7 +476,8 @@ a_id=$(jq -r .id <<<"$dep")
 a_user=$(jq -r .username <<<"$dep")
 [[ "$(jq -r .status <<<"$dep")" == running ]] || fail "deployment A is not running: $dep"
 info "created $a_id (user $a_user, uid $(jq -r .uid <<<"$dep"))"
-a_container=$(docker ps -q --filter "label=$LABEL_DEPLOYMENT=$a_id")
+# The deployment's own container (its network holder, labelled mcp-runner.role=netns, aside).
+a_container=$(docker ps --filter "label=$LABEL_DEPLOYMENT=$a_id" --format '{{.ID}} {{.Label "mcp-runner.role"}}' | awk 'NF == 1 {print $1}')
 [[ -n "$a_container" ]] || fail "no running container labelled $LABEL_DEPLOYMENT=$a_id"
 [[ "$(docker inspect -f '{{.HostConfig.Runtime}}' "$a_container")" == runsc ]] || fail "container of $a_id does not run under runsc"
 [[ -n "$(docker network ls -q --filter "label=$LABEL_DEPLOYMENT=$a_id")" ]] || fail "no network labelled $LABEL_DEPLOYMENT=$a_id"

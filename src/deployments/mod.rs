@@ -123,6 +123,9 @@ struct Inner {
     sweeps: std::sync::atomic::AtomicU64,
     /// Who takes the stdin and stdout of a stdio process started here (the bridge).
     stdio_owner: std::sync::OnceLock<StdioOwner>,
+    /// Pauses and starts of one deployment run one at a time: a pause may replace the
+    /// container that a start would use (see `leave_holder`).
+    pauses_and_starts: crate::runtime::KeyedLocks,
 }
 
 /// Takes over the stdio pipes of a deployment's freshly started process.
@@ -151,6 +154,7 @@ impl Deployments {
                 spares: spares::Spares::default(),
                 sweeps: std::sync::atomic::AtomicU64::new(0),
                 stdio_owner: std::sync::OnceLock::new(),
+                pauses_and_starts: crate::runtime::KeyedLocks::default(),
             }),
         }
     }
@@ -237,8 +241,9 @@ impl Deployments {
         };
         inserted?;
         tracing::info!(deployment.id = %d.id, image = %d.image, uid = d.uid, spare = spare_used, "creating deployment");
+        let holder = spare.filter(|_| spare_used).and_then(|s| s.holder);
 
-        match self.build(&mut d, req.auto_start).await {
+        match self.build(&mut d, req.auto_start, holder).await {
             Ok((container_id, network_id)) => {
                 d.status = if req.auto_start && d.session_mode == SessionMode::Shared {
                     Status::Running
@@ -340,13 +345,31 @@ impl Deployments {
 
     /// Makes the image, network, user and container (a deployment whose network id is set
     /// took a spare: its network and user are made); returns (container id, network id).
+    /// A container started now joins the namespace of the spare's network `holder` when
+    /// there is one (its start skips Docker's network setup); an unused holder is removed.
     async fn build(
         &self,
         d: &mut Deployment,
         start: bool,
+        holder: Option<String>,
     ) -> Result<(String, String), DeployError> {
         let rt = &self.inner.runtime;
         let spare = d.network_id.is_some();
+        let starts_now = start && d.session_mode == SessionMode::Shared;
+        let holder = match holder {
+            Some(h) if starts_now => Some(h),
+            Some(h) => {
+                let rt = rt.clone();
+                let id = d.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = rt.remove_container(&h).await {
+                        tracing::warn!(deployment.id = %id, error = %e, "cannot remove an unused network holder; deleting the deployment removes it");
+                    }
+                });
+                None
+            }
+            None => None,
+        };
         // Independent steps run together. Docker needs the image and the network before the
         // container, but not the host user (it takes a numeric uid:gid), so the user is made
         // alongside all three.
@@ -360,7 +383,10 @@ impl Deployments {
             let (image, network) = tokio::join!(rt.ensure_image(&d.image), network);
             image?;
             let (network_id, subnet) = network?;
-            let container_id = rt.create_container(&spec_of(d, &network_id, None)).await?;
+            let mode = holder.as_deref().map(crate::runtime::holder_network_mode);
+            let container_id = rt
+                .create_container(&spec_of(d, mode.as_deref().unwrap_or(&network_id), None))
+                .await?;
             Ok::<_, DeployError>((container_id, network_id, subnet))
         };
         let user = async {
@@ -377,7 +403,7 @@ impl Deployments {
         // An isolated deployment's own container is the template of its sessions' containers
         // and never runs itself.
         // A stdio process is started attached once its row is recorded (`create`).
-        if start && d.session_mode == SessionMode::Shared && !d.transport.is_stdio() {
+        if starts_now && !d.transport.is_stdio() {
             rt.start_container(&container_id).await?;
         }
         Ok((container_id, network_id))
@@ -443,7 +469,8 @@ impl Deployments {
         }
     }
 
-    /// Removes container, network and user of a deployment. Parts already gone are fine;
+    /// Removes container, network holder, network and user of a deployment. Parts already
+    /// gone are fine;
     /// names stand in for ids a failed create never learned.
     async fn teardown(&self, d: &Deployment) -> Result<(), DeployError> {
         let rt = &self.inner.runtime;
@@ -461,6 +488,7 @@ impl Deployments {
             let container = d.container_id.as_deref().unwrap_or(&name);
             rt.stop_container(container, STOP_GRACE_SECS).await?;
             rt.remove_container(container).await?;
+            rt.remove_holder(&d.id).await?;
             rt.remove_network(d.network_id.as_deref().unwrap_or(&name))
                 .await?;
             Ok::<_, RuntimeError>(())
@@ -511,6 +539,13 @@ impl Deployments {
 
     /// Stops the container of an idle deployment; the row keeps status `stopped`.
     pub async fn pause(&self, id: &str) -> Result<(), DeployError> {
+        self.inner
+            .pauses_and_starts
+            .with(id, self.pause_now(id))
+            .await
+    }
+
+    async fn pause_now(&self, id: &str) -> Result<(), DeployError> {
         let Some(d) = self.inner.store.get(id).await? else {
             return Err(DeployError::NotFound);
         };
@@ -519,10 +554,14 @@ impl Deployments {
         }
         let _ = self.inner.events.send(Lifecycle::Paused(id.to_owned()));
         if let Some(container) = &d.container_id {
-            self.inner
-                .runtime
-                .stop_container(container, STOP_GRACE_SECS)
-                .await?;
+            let rt = &self.inner.runtime;
+            rt.stop_container(container, STOP_GRACE_SECS).await?;
+            // A paused deployment keeps nothing running: not its network holder either.
+            if let Some(state) = rt.container_state(container).await?
+                && state.joins_namespace_of.is_some()
+            {
+                self.leave_holder(&d, container).await?;
+            }
         }
         self.inner.stderr.stop(id);
         self.inner.store.set_status(id, Status::Stopped).await?;
@@ -530,16 +569,58 @@ impl Deployments {
         Ok(())
     }
 
+    /// False when a container is to start in the namespace of a network holder that no
+    /// longer runs (Docker restarted, or a pause removed it): it must leave the holder first.
+    async fn holder_runs(&self, state: &ContainerState) -> Result<bool, DeployError> {
+        let Some(holder) = &state.joins_namespace_of else {
+            return Ok(true);
+        };
+        let holder = self.inner.runtime.container_state(holder).await?;
+        Ok(holder.is_some_and(|h| h.running))
+    }
+
+    /// Replaces the stopped `container` of a deployment, which ran in its network holder's
+    /// namespace, with a container of the same settings on the deployment's network, and
+    /// removes the holder; returns the new container's id. Only a deployment's first start
+    /// uses the holder, and restarts while it runs (a crashed server, a restart of
+    /// mcp-runner); once it is gone, starts join the network as Docker does by default, and
+    /// a paused deployment keeps no holder running.
+    async fn leave_holder(&self, d: &Deployment, container: &str) -> Result<String, DeployError> {
+        let rt = &self.inner.runtime;
+        let network = d.network_id.as_deref().ok_or(DeployError::NotFound)?;
+        // The new container takes the old one's name.
+        rt.remove_container(container).await?;
+        let replacement = rt.create_container(&spec_of(d, network, None)).await?;
+        self.inner
+            .store
+            .set_resources(&d.id, &replacement, network, d.status)
+            .await?;
+        rt.remove_holder(&d.id).await?;
+        tracing::info!(deployment.id = %d.id, container.id = %replacement, "left the network holder: the container is on the deployment's network now");
+        Ok(replacement)
+    }
+
     /// Starts the container of a deployment (the bridge calls this on demand): status
     /// `running`, stderr followed from now. A running container is left as it is.
     pub async fn start(&self, id: &str) -> Result<Deployment, DeployError> {
+        self.inner
+            .pauses_and_starts
+            .with(id, self.start_now(id))
+            .await
+    }
+
+    async fn start_now(&self, id: &str) -> Result<Deployment, DeployError> {
         let mut d = self.get(id).await?;
-        let container = d.container_id.clone().ok_or(DeployError::NotFound)?;
+        let mut container = d.container_id.clone().ok_or(DeployError::NotFound)?;
         let state = self.inner.runtime.container_state(&container).await?;
         match state {
             None => return Err(DeployError::NotFound),
             Some(s) if s.running => {}
-            Some(_) => {
+            Some(s) => {
+                if !self.holder_runs(&s).await? {
+                    container = self.leave_holder(&d, &container).await?;
+                    d.container_id = Some(container.clone());
+                }
                 self.inner.runtime.start_container(&container).await?;
                 tracing::info!(deployment.id = %id, "container started on demand");
             }
@@ -558,13 +639,39 @@ impl Deployments {
     /// stdout are returned. The new tail starts from `d.stderr`, which `get` filled with the
     /// live tail.
     pub async fn start_stdio(&self, d: &Deployment) -> Result<Attached, DeployError> {
-        let container = d.container_id.as_deref().ok_or(DeployError::NotFound)?;
+        self.inner
+            .pauses_and_starts
+            .with(&d.id, async {
+                // A pause that ran while this waited may have replaced the container.
+                let now = self
+                    .inner
+                    .store
+                    .get(&d.id)
+                    .await?
+                    .ok_or(DeployError::NotFound)?;
+                self.start_stdio_now(&Deployment {
+                    container_id: now.container_id,
+                    status: now.status,
+                    ..d.clone()
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn start_stdio_now(&self, d: &Deployment) -> Result<Attached, DeployError> {
+        let mut container = d.container_id.clone().ok_or(DeployError::NotFound)?;
         let rt = &self.inner.runtime;
-        match rt.container_state(container).await? {
-            None => return Err(DeployError::NotFound),
-            Some(s) if s.running => self.stop_container(d).await?,
-            Some(_) => {}
+        let Some(state) = rt.container_state(&container).await? else {
+            return Err(DeployError::NotFound);
+        };
+        if state.running {
+            self.stop_container(d).await?;
         }
+        if !self.holder_runs(&state).await? {
+            container = self.leave_holder(d, &container).await?;
+        }
+        let container = container.as_str();
         let mut attached = rt.attach_stdio(container).await?;
         rt.start_container(container).await?;
         self.inner.store.set_status(&d.id, Status::Running).await?;

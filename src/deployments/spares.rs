@@ -30,6 +30,9 @@ pub struct Spare {
     pub subnet: String,
     /// The host user's UID (and GID).
     pub uid: u32,
+    /// The running network holder on the network (see `runtime::netns`), when one could
+    /// be started.
+    pub holder: Option<String>,
 }
 
 /// What a spare holds before its deployment's row records it.
@@ -242,10 +245,14 @@ impl Deployments {
     /// Removes the parts of a spare no create will use, and its reservation.
     pub(super) async fn discard(&self, spare: &Spare) {
         let username = username_of(&spare.deployment_id);
-        let (network, user) = tokio::join!(
-            self.inner.runtime.remove_network(&spare.network_id),
-            self.inner.users.delete(&username)
-        );
+        let rt = &self.inner.runtime;
+        let network = async {
+            if let Some(holder) = &spare.holder {
+                rt.remove_container(holder).await?;
+            }
+            rt.remove_network(&spare.network_id).await
+        };
+        let (network, user) = tokio::join!(network, self.inner.users.delete(&username));
         if let Err(e) = network
             .map_err(DeployError::from)
             .and(user.map_err(DeployError::from))
@@ -284,12 +291,27 @@ impl Deployments {
             self.inner.users.create(&username, uid, deployment_id)
         );
         match (network, user) {
-            (Ok((network_id, subnet)), Ok(())) => Ok(Spare {
-                deployment_id: deployment_id.to_owned(),
-                network_id,
-                subnet,
-                uid,
-            }),
+            (Ok((network_id, subnet)), Ok(())) => {
+                let holder = match self
+                    .inner
+                    .runtime
+                    .start_holder(deployment_id, &network_id)
+                    .await
+                {
+                    Ok(holder) => holder,
+                    Err(e) => {
+                        tracing::warn!(deployment.id = %deployment_id, error = %e, "cannot start a network holder; the deployment's first start joins its network the slow way");
+                        None
+                    }
+                };
+                Ok(Spare {
+                    deployment_id: deployment_id.to_owned(),
+                    network_id,
+                    subnet,
+                    uid,
+                    holder,
+                })
+            }
             (Ok((network_id, _)), Err(e)) => {
                 let _ = self.inner.runtime.remove_network(&network_id).await;
                 Err(e.into())
@@ -356,6 +378,7 @@ mod tests {
             network_id: format!("net{n}"),
             subnet: format!("10.0.{n}.0/28"),
             uid: 5000 + u32::from(n),
+            holder: None,
         }
     }
 

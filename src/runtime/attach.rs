@@ -74,18 +74,35 @@ impl Runtime {
         })
     }
 
-    /// The IPv4 address of a running container on the network `network_id`.
+    /// The IPv4 address of a running container on the network `network_id` (its network
+    /// holder's, when it runs in one's namespace).
     pub async fn container_ip(
         &self,
         container_id: &str,
         network_id: &str,
     ) -> Result<Option<String>, RuntimeError> {
-        let _permit = self.permit("inspect the container").await;
-        let info = self
-            .docker
-            .inspect_container(container_id, None)
-            .await
-            .map_err(docker_err("inspect the container"))?;
+        let mut info = {
+            let _permit = self.permit("inspect the container").await;
+            self.docker
+                .inspect_container(container_id, None)
+                .await
+                .map_err(docker_err("inspect the container"))?
+        };
+        // A container in a network holder's namespace has the holder's address.
+        let holder = info
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.as_deref())
+            .and_then(super::joined_namespace)
+            .map(str::to_owned);
+        if let Some(holder) = holder {
+            let _permit = self.permit("inspect the network holder").await;
+            info = self
+                .docker
+                .inspect_container(&holder, None)
+                .await
+                .map_err(docker_err("inspect the network holder"))?;
+        }
         let networks = info
             .network_settings
             .and_then(|n| n.networks)

@@ -6,6 +6,7 @@
 
 mod attach;
 mod image;
+mod netns;
 mod network;
 mod sandbox;
 mod users;
@@ -19,6 +20,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::metrics::{DockerLabels, METRICS};
 
 pub use attach::Attached;
+pub use image::KeyedLocks;
+pub use netns::{HOLDER_IMAGE, LABEL_ROLE, holder_name, holder_network_mode, joined_namespace};
 pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
 pub use users::{HostUser, HostUsers};
 
@@ -183,6 +186,8 @@ pub struct Runtime {
     pulls: Arc<image::KeyedLocks>,
     /// Docker API requests made through this client.
     requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the network holder image is there (known once asked).
+    holder_image: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Runtime {
@@ -206,6 +211,7 @@ impl Runtime {
             permits: Arc::new(Semaphore::new(concurrency)),
             requests: Arc::default(),
             pulls: Arc::default(),
+            holder_image: Arc::default(),
         })
     }
 

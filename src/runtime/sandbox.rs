@@ -43,7 +43,7 @@ pub struct SandboxSpec {
 }
 
 /// Where a container is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerState {
     /// Whether it runs now.
     pub running: bool,
@@ -53,6 +53,9 @@ pub struct ContainerState {
     pub exit_code: Option<i64>,
     /// Whether the kernel's OOM killer ended the last run.
     pub oom_killed: bool,
+    /// It runs in this container's network namespace (a network holder's), not on a
+    /// network of its own.
+    pub joins_namespace_of: Option<String>,
 }
 
 /// A container of this instance, as found by its labels.
@@ -102,7 +105,11 @@ impl Runtime {
                 soft: Some(s.pids_limit),
                 hard: Some(s.pids_limit),
             }]),
-            dns: Some(s.dns.clone()),
+            // A container in a holder's namespace uses the holder's resolv.conf (Docker
+            // refuses DNS settings with that network mode).
+            dns: super::joined_namespace(&spec.network)
+                .is_none()
+                .then(|| s.dns.clone()),
             network_mode: Some(spec.network.clone()),
             // A stdio server's stdout is the protocol: its messages must not land in a log
             // file, and its stderr reaches mcp-runner through the attach connection. Other
@@ -235,6 +242,10 @@ impl Runtime {
                     ),
                     exit_code: state.exit_code,
                     oom_killed: state.oom_killed.unwrap_or(false),
+                    joins_namespace_of: info
+                        .host_config
+                        .and_then(|h| h.network_mode)
+                        .and_then(|m| super::joined_namespace(&m).map(str::to_owned)),
                 }))
             }
             Err(e) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::docker::inspect;
+use crate::support::docker::{inspect, network_owner};
 use crate::support::mcp::Client;
 use crate::support::{Options, TestApp, eventually};
 
@@ -79,9 +79,10 @@ async fn keep_calling(client: &Client, label: &str, stop: &AtomicBool) -> (u32, 
     (calls, slowest)
 }
 
-/// The container's address on its deployment network.
+/// The container's address on its deployment network (its network holder's, when it runs
+/// in one's namespace).
 fn container_ip(container_id: &str) -> String {
-    let c = inspect("container", container_id);
+    let c = network_owner(&inspect("container", container_id));
     let networks = c["NetworkSettings"]["Networks"]
         .as_object()
         .expect("networks");

@@ -5,12 +5,30 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{exists, inspect, passwd_entry};
+use crate::support::docker::{exists, inspect, network_owner, passwd_entry};
 use crate::support::{Options, TestApp, eventually, fixture_image};
 
 fn s(v: &Value) -> &str {
     v.as_str()
         .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+/// A network holder of deployment `id`: a pause program under runc with nothing it could
+/// use, running on the deployment's network.
+fn assert_hardened_holder(holder: &Value, id: &str) {
+    let hc = &holder["HostConfig"];
+    assert_eq!(holder["Name"], format!("/mcp-runner-{id}-netns"));
+    assert_eq!(hc["Runtime"], "runc");
+    assert_eq!(holder["Config"]["User"], "65534:65534");
+    assert_eq!(holder["Config"]["Entrypoint"], json!(["/netns-holder"]));
+    assert_eq!(hc["CapDrop"], json!(["ALL"]));
+    assert_eq!(hc["SecurityOpt"], json!(["no-new-privileges:true"]));
+    assert_eq!(hc["ReadonlyRootfs"], true);
+    assert_eq!(hc["Memory"], 8 << 20);
+    assert_eq!(hc["PidsLimit"], 4);
+    assert_eq!(holder["Config"]["Labels"]["mcp-runner.deployment"], id);
+    assert_eq!(holder["Config"]["Labels"]["mcp-runner.role"], "netns");
+    assert_eq!(holder["State"]["Running"], true);
 }
 
 #[tokio::test]
@@ -75,11 +93,19 @@ async fn create_runs_a_hardened_sandbox_and_delete_removes_everything() {
         hc["Ulimits"],
         json!([{"Name": "nproc", "Soft": 256, "Hard": 256}])
     );
-    assert_eq!(hc["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
     assert_eq!(hc["Init"], true);
     // A stdio server's stdout is the protocol: Docker keeps no log of it.
     assert_eq!(hc["LogConfig"]["Type"], "none");
-    assert_eq!(hc["NetworkMode"], network_id);
+    // On its network: directly, or (a first start that took a spare) in the namespace of
+    // the spare's network holder, which is on the network, hardened, and holds the DNS
+    // settings.
+    let owner = network_owner(&c);
+    if owner["Id"] != c["Id"] {
+        assert_eq!(hc["Dns"], Value::Null);
+        assert_hardened_holder(&owner, &id);
+    }
+    assert_eq!(owner["HostConfig"]["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
+    assert_eq!(owner["HostConfig"]["NetworkMode"], network_id);
     assert_eq!(c["Config"]["OpenStdin"], true);
     assert!(
         c["Config"]["Env"]
@@ -348,7 +374,7 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
     let container = inspect("container", s(&d["container_id"]));
     assert_eq!(container["Config"]["User"], format!("{uid}:{uid}"));
     assert!(
-        container["NetworkSettings"]["Networks"]
+        network_owner(&container)["NetworkSettings"]["Networks"]
             .as_object()
             .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id.as_str())),
         "the container is on the network made ahead"
@@ -506,4 +532,94 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     assert_eq!(app.list().await.len(), 1);
     app.teardown().await;
     drop(dir);
+}
+
+/// A create with `autoStart` that takes a spare starts its container in the namespace of the
+/// spare's network holder (no network setup at start); the pause replaces that container by
+/// one on the network and removes the holder; the next request starts the new one; the
+/// delete leaves nothing.
+#[tokio::test]
+async fn the_first_start_uses_the_network_holder_and_the_pause_removes_it() {
+    let app = TestApp::spawn().await;
+    // The spares are made in the background after start-up: wait for one with its holder.
+    eventually(
+        "a spare network holder",
+        Duration::from_secs(30),
+        || async {
+            let filter = format!("label=mcp-runner.instance={}", app.instance);
+            let holders = crate::support::docker::docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                filter.as_str(),
+                "--filter",
+                "label=mcp-runner.role=netns",
+            ]);
+            (!holders.trim().is_empty()).then_some(())
+        },
+    )
+    .await;
+    let d = app
+        .create_fixture(json!({"pauseAfterSeconds": 1, "deleteAfterSeconds": 3600}))
+        .await;
+    let id = s(&d["id"]).to_owned();
+    let network_id = s(&d["network_id"]).to_owned();
+    let first = inspect("container", s(&d["container_id"]));
+    let holder = network_owner(&first);
+    assert_ne!(
+        holder["Id"], first["Id"],
+        "the first start joins the holder"
+    );
+    assert_hardened_holder(&holder, &id);
+    assert!(
+        holder["NetworkSettings"]["Networks"]
+            .as_object()
+            .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id.as_str())),
+        "the holder is on the deployment's network"
+    );
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "first").await;
+    assert_eq!(
+        client.call("add", json!({"a": 1, "b": 2})).await.as_deref(),
+        Ok("3")
+    );
+    client.close().await;
+
+    // Paused: the container that used the holder is replaced, and the holder is gone.
+    let paused = eventually("the pause", Duration::from_secs(20), || async {
+        let (status, body) = app.get(&id).await;
+        (status == 200 && body["deployment"]["status"] == "stopped")
+            .then(|| body["deployment"].clone())
+    })
+    .await;
+    assert!(
+        !exists("container", s(&holder["Id"])),
+        "the holder is removed"
+    );
+    assert!(
+        !exists("container", s(&first["Id"])),
+        "the first container is replaced"
+    );
+    let second = inspect("container", s(&paused["container_id"]));
+    assert_eq!(second["State"]["Running"], false);
+    assert_eq!(second["HostConfig"]["NetworkMode"], network_id);
+    assert_eq!(second["HostConfig"]["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
+    assert_eq!(second["HostConfig"]["Runtime"], "runsc");
+    assert_eq!(second["Config"]["User"], first["Config"]["User"]);
+    assert_eq!(second["Name"], first["Name"]);
+
+    // The next request starts it, on the network.
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "second").await;
+    assert_eq!(
+        client.call("add", json!({"a": 2, "b": 2})).await.as_deref(),
+        Ok("4")
+    );
+    client.close().await;
+    assert_eq!(
+        inspect("container", s(&paused["container_id"]))["State"]["Running"],
+        true
+    );
+
+    assert_eq!(app.delete(&id).await.0, 200);
+    let (instance, db, _dir) = app.stop().await;
+    crate::support::assert_nothing_left(&instance, &db).await;
 }

@@ -25,13 +25,22 @@ async fn reaper_pauses_then_deletes_at_the_deadlines() {
         .expect("ISO-8601")
         .timestamp_millis();
 
-    // Paused first: the row stays, its container stops.
-    eventually("the pause", Duration::from_secs(15), || async {
+    // Paused first: the row stays, its container stops (a container that ran in its network
+    // holder's namespace is replaced by a stopped one on the network).
+    let paused = eventually("the pause", Duration::from_secs(15), || async {
         let (status, body) = app.get(&id).await;
-        (status == 200 && body["deployment"]["status"] == "stopped").then_some(())
+        (status == 200 && body["deployment"]["status"] == "stopped")
+            .then(|| body["deployment"].clone())
     })
     .await;
+    let first = container;
+    let container = paused["container_id"]
+        .as_str()
+        .expect("container")
+        .to_owned();
+    assert!(container == first || !exists("container", &first));
     assert_eq!(inspect("container", &container)["State"]["Running"], false);
+    assert!(!exists("container", &format!("mcp-runner-{id}-netns")));
 
     // Then deleted, within 2 s of the deadline.
     let started = Instant::now();

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::runner::{
     self, Runner, Settings, Usage, deployment_networks, deployment_users, subnets, summary,
+    workload_containers_of,
 };
-use crate::support::docker::containers_of;
 use crate::support::{fixture_image, row_count};
 
 /// Cycles before the first measurement (pools, caches and thread pools fill up).
@@ -111,7 +111,7 @@ async fn create_delete_cycles_leak_nothing() {
 async fn assert_only_spares_left(app: &Runner) {
     assert!(app.list().await.is_empty());
     assert_eq!(row_count(&app.db_path).await, 0);
-    assert!(containers_of(&app.instance).is_empty());
+    assert!(workload_containers_of(&app.instance).is_empty());
     assert!(
         deployment_networks(&app.instance, &app.db_path)
             .await
@@ -170,7 +170,7 @@ async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
         listed, ids,
         "the list holds exactly the {CONCURRENT} created"
     );
-    assert_eq!(containers_of(&app.instance).len(), CONCURRENT);
+    assert_eq!(workload_containers_of(&app.instance).len(), CONCURRENT);
     assert_eq!(
         deployment_networks(&app.instance, &app.db_path)
             .await

@@ -426,10 +426,11 @@ pub async fn bounded<T>(
 }
 
 /// The `mcp-runner.deployment` labels of the instance's objects of `kind` (`container` or
-/// `network`).
+/// `network`); network holders (label `mcp-runner.role=netns`) are not counted as
+/// containers.
 pub fn labelled(kind: &str, instance: &str) -> Vec<String> {
     let filter = format!("label=mcp-runner.instance={instance}");
-    let format = "{{.Label \"mcp-runner.deployment\"}}";
+    let format = "{{.Label \"mcp-runner.deployment\"}} {{.Label \"mcp-runner.role\"}}";
     let args = if kind == "container" {
         vec!["ps", "-a", "--filter", &filter, "--format", format]
     } else {
@@ -437,9 +438,24 @@ pub fn labelled(kind: &str, instance: &str) -> Vec<String> {
     };
     docker::docker(&args)
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [deployment] => Some(deployment.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Containers labelled with `instance` that run deployments (or their sessions): network
+/// holders (label `mcp-runner.role=netns`) left out.
+pub fn workload_containers_of(instance: &str) -> Vec<String> {
+    let filter = format!("label=mcp-runner.instance={instance}");
+    let format = "{{.ID}} {{.Label \"mcp-runner.role\"}}";
+    docker::docker(&["ps", "-a", "--filter", &filter, "--format", format])
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [id] => Some(id.to_owned()),
+            _ => None,
+        })
         .collect()
 }
 

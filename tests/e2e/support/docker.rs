@@ -53,6 +53,18 @@ pub fn inspect(kind: &str, id: &str) -> Value {
     all[0].clone()
 }
 
+/// The container that owns the network namespace of the inspected `container`: its network
+/// holder when it runs in one's namespace (`container:<holder>`), else itself.
+pub fn network_owner(container: &Value) -> Value {
+    match container["HostConfig"]["NetworkMode"]
+        .as_str()
+        .and_then(|m| m.strip_prefix("container:"))
+    {
+        Some(holder) => inspect("container", holder),
+        None => container.clone(),
+    }
+}
+
 /// Whether `docker <kind> inspect id` finds the object.
 pub fn exists(kind: &str, id: &str) -> bool {
     Command::new("docker")
