@@ -70,8 +70,9 @@ pub struct Config {
     #[arg(long, env = "NETWORK_SUBNET_PREFIX", default_value_t = 28)]
     pub network_subnet_prefix: u8,
 
-    /// Deployment networks kept made ahead, so that a create does not wait for Docker to
-    /// make one (each holds a subnet of NETWORK_POOL); 0 turns this off.
+    /// Deployment networks kept made ahead (each with its host user and a running network
+    /// holder), so that a create does not wait for Docker to make one and its first start
+    /// skips Docker's network setup (each holds a subnet of NETWORK_POOL); 0 turns this off.
     #[arg(long, env = "NETWORK_SPARES", default_value_t = 2)]
     pub network_spares: usize,
 
