@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::deployments::{DeployError, Deployments, Lifecycle};
-use crate::domain::{Deployment, SessionMode, Transport, now_millis};
+use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
 use crate::runtime::Attached;
 use futures_util::StreamExt;
 use session::{Front, Session};
@@ -310,15 +310,9 @@ impl Bridge {
     /// Records MCP traffic of a deployment: its idle deadlines slide. Written at most once per
     /// second per deployment, by a task of its own.
     pub fn touch(&self, deployment_id: &str) {
-        let now = now_millis();
-        {
-            let mut touched = lock(&self.touched);
-            let last = touched.entry(deployment_id.to_owned()).or_insert(0);
-            if now - *last < 1000 {
-                return;
-            }
-            *last = now;
-        }
+        let Some(now) = self.touch_due(deployment_id) else {
+            return;
+        };
         let store = self.deployments.store().clone();
         let id = deployment_id.to_owned();
         tokio::spawn(async move {
@@ -326,6 +320,28 @@ impl Bridge {
                 tracing::warn!(deployment.id = %id, error = %e, "cannot record interaction");
             }
         });
+    }
+
+    /// The time to record an interaction with `deployment_id` now, unless one was recorded
+    /// less than a second ago.
+    fn touch_due(&self, deployment_id: &str) -> Option<i64> {
+        let now = now_millis();
+        let mut touched = lock(&self.touched);
+        let last = touched.entry(deployment_id.to_owned()).or_insert(0);
+        if now - *last < 1000 {
+            return None;
+        }
+        *last = now;
+        Some(now)
+    }
+
+    /// Records an interaction before a stopped deployment starts: its `pause_at` is in the
+    /// past, and the reaper must not pause it again the moment it runs.
+    async fn touch_before_start(&self, deployment_id: &str) {
+        let now = self.touch_due(deployment_id).unwrap_or_else(now_millis);
+        if let Err(e) = self.deployments.store().touch(deployment_id, now).await {
+            tracing::warn!(deployment.id = %deployment_id, error = %e, "cannot record interaction");
+        }
     }
 
     /// Opens a session of deployment `deployment_id`: starts its container when stopped and
@@ -341,6 +357,9 @@ impl Bridge {
             Err(DeployError::NotFound) => return Err(BridgeError::UnknownDeployment),
             Err(e) => return Err(e.into()),
         };
+        if d.status != Status::Running {
+            self.touch_before_start(deployment_id).await;
+        }
         let session = Session::new(new_session_id(), d.id.clone(), front, d.transport.name());
         let (upstream, own_container) = if d.session_mode == SessionMode::Isolated {
             self.isolated_upstream(&d, &session, authorization).await?

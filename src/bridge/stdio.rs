@@ -38,8 +38,9 @@ use crate::runtime::{Attached, RuntimeError};
 
 /// How many bytes of client messages may wait for a stdio server to read its stdin before
 /// new ones are refused (503). A server that stops reading would otherwise let its clients
-/// grow mcp-runner's memory without bound; one message is always taken while the backlog
-/// is under the limit, so the most a hub holds is this plus one maximal request body.
+/// grow mcp-runner's memory without bound. A message is taken while the backlog is under the
+/// limit, so the most a hub holds is this plus one maximal request body for each request
+/// being forwarded at that moment.
 pub const STDIN_BACKLOG_LIMIT: usize = 8 << 20;
 
 /// Handle on a running stdio hub. When the last handle goes, the hub stops and lets go of
@@ -225,8 +226,8 @@ impl Stdin {
             while !line.is_empty() {
                 match writer.as_mut().poll_write(&mut cx, &line) {
                     Poll::Ready(Ok(n)) if n > 0 => line.advance(n),
-                    // The pipe is closed: the stdout side notices the end.
-                    Poll::Ready(_) => return,
+                    // The pipe is closed: the writer task finds out too, and ends the hub.
+                    Poll::Ready(_) => break,
                     Poll::Pending => break,
                 }
             }
@@ -287,13 +288,16 @@ impl Shared {
         max_line: usize,
         stop: CancellationToken,
     ) {
-        let writer = tokio::spawn(stdin.drain());
+        let mut writer = tokio::spawn(stdin.drain());
         let mut lines = LineAssembler::new(max_line);
         let deployment_id = self.lock().deployment_id.clone();
         let reason = loop {
             tokio::select! {
                 () = stop.cancelled() => break "the deployment is stopping",
                 () = self.unused.cancelled() => break "the bridge stopped",
+                // The writer only ends when stdin refuses a write: nothing sent reaches the
+                // process any more, so its requests would wait for ever.
+                _ = &mut writer => break "the server's stdin is closed",
                 chunk = stdout.next() => match chunk {
                     Some(Ok(bytes)) => {
                         let lines = lines.push(&bytes);
@@ -996,6 +1000,7 @@ mod tests {
     /// nothing (a server that does not read), until opened.
     #[derive(Default)]
     struct Pipe {
+        broken: std::sync::atomic::AtomicBool,
         shut: std::sync::atomic::AtomicBool,
         waker: std::sync::Mutex<Option<std::task::Waker>>,
         writes: std::sync::Mutex<Vec<Vec<u8>>>,
@@ -1036,6 +1041,9 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
+            if self.0.broken.load(Ordering::SeqCst) {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
             if self.0.shut.load(Ordering::SeqCst) {
                 *self.0.waker.lock().expect("lock") = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -1107,6 +1115,23 @@ mod tests {
             .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["id"].clone())
             .collect();
         assert_eq!(ids, vec![json!(2), json!(3)], "both lines, in order");
+    }
+
+    #[tokio::test]
+    async fn a_closed_stdin_ends_the_hub_and_its_sessions() {
+        let pipe = Arc::new(Pipe::default());
+        pipe.broken.store(true, Ordering::SeqCst);
+        let (hub, _stdout) = hub_on(pipe.stdin());
+        let (s1, _g1) = session("s1");
+        hub.join(s1.clone());
+        hub.send(
+            s1.clone(),
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), s1.closed.cancelled())
+            .await
+            .expect("the session ended");
+        assert!(!hub.is_alive());
     }
 
     #[tokio::test]

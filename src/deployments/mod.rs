@@ -356,19 +356,17 @@ impl Deployments {
         let rt = &self.inner.runtime;
         let spare = d.network_id.is_some();
         let starts_now = start && d.session_mode == SessionMode::Shared;
-        let holder = match holder {
-            Some(h) if starts_now => Some(h),
-            Some(h) => {
-                let rt = rt.clone();
-                let id = d.id.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = rt.remove_container(&h).await {
-                        tracing::warn!(deployment.id = %id, error = %e, "cannot remove an unused network holder; deleting the deployment removes it");
-                    }
-                });
-                None
+        let (holder, unused_holder) = match holder {
+            Some(h) if starts_now => (Some(h), None),
+            unused => (None, unused),
+        };
+        // A holder the create does not use goes alongside the rest.
+        let unused_holder = async {
+            if let Some(h) = &unused_holder
+                && let Err(e) = rt.remove_container(h).await
+            {
+                tracing::warn!(deployment.id = %d.id, error = %e, "cannot remove an unused network holder; deleting the deployment removes it");
             }
-            None => None,
         };
         // Independent steps run together. Docker needs the image and the network before the
         // container, but not the host user (it takes a numeric uid:gid), so the user is made
@@ -396,7 +394,7 @@ impl Deployments {
                 self.inner.users.create(&d.username, d.uid, &d.id).await
             }
         };
-        let (user, docker) = tokio::join!(user, docker);
+        let (user, docker, ()) = tokio::join!(user, docker, unused_holder);
         user?;
         let (container_id, network_id, subnet) = docker?;
         d.subnet = subnet;
@@ -557,10 +555,8 @@ impl Deployments {
             let rt = &self.inner.runtime;
             rt.stop_container(container, STOP_GRACE_SECS).await?;
             // A paused deployment keeps nothing running: not its network holder either.
-            if let Some(state) = rt.container_state(container).await?
-                && state.joins_namespace_of.is_some()
-            {
-                self.leave_holder(&d, container).await?;
+            if let Some(state) = rt.container_state(container).await? {
+                self.release_holder(&d, container, &state).await?;
             }
         }
         self.inner.stderr.stop(id);
@@ -569,32 +565,131 @@ impl Deployments {
         Ok(())
     }
 
-    /// False when a container is to start in the namespace of a network holder that no
-    /// longer runs (Docker restarted, or a pause removed it): it must leave the holder first.
-    async fn holder_runs(&self, state: &ContainerState) -> Result<bool, DeployError> {
+    /// After the pause of a container that ran in its network holder's namespace: when it
+    /// wrote nothing to its own file system, it is replaced, losing nothing, by one on the
+    /// deployment's network and the holder is removed (later starts cost what they always
+    /// did); otherwise the holder is stopped with it and started again before it, so that
+    /// its files stay.
+    async fn release_holder(
+        &self,
+        d: &Deployment,
+        container: &str,
+        state: &ContainerState,
+    ) -> Result<(), DeployError> {
         let Some(holder) = &state.joins_namespace_of else {
-            return Ok(true);
+            return Ok(());
         };
-        let holder = self.inner.runtime.container_state(holder).await?;
-        Ok(holder.is_some_and(|h| h.running))
+        let rt = &self.inner.runtime;
+        match rt.container_layer(container).await? {
+            Some((image, 0)) => {
+                self.leave_holder(d, container, image).await?;
+            }
+            _ => rt.stop_container(holder, 0).await?,
+        }
+        Ok(())
+    }
+
+    /// Before the start of a stopped `container` (state `state`): its network holder, when
+    /// it runs in one's namespace, is started again if it stopped; if the holder is gone
+    /// (removed behind mcp-runner's back), the container is replaced by one on the
+    /// deployment's network, the only way it can start. Returns the container to start.
+    async fn prepare_start(
+        &self,
+        d: &Deployment,
+        container: String,
+        state: &ContainerState,
+    ) -> Result<String, DeployError> {
+        let Some(holder) = &state.joins_namespace_of else {
+            return Ok(container);
+        };
+        let rt = &self.inner.runtime;
+        match rt.container_state(holder).await? {
+            Some(h) if h.running => Ok(container),
+            Some(_) => {
+                rt.start_container(holder).await?;
+                Ok(container)
+            }
+            None => {
+                tracing::warn!(deployment.id = %d.id, "the network holder is gone; the container moves to the deployment's network (its own files are not kept)");
+                let image = rt
+                    .container_layer(&container)
+                    .await?
+                    .ok_or(DeployError::NotFound)?
+                    .0;
+                self.leave_holder(d, &container, image).await
+            }
+        }
     }
 
     /// Replaces the stopped `container` of a deployment, which ran in its network holder's
-    /// namespace, with a container of the same settings on the deployment's network, and
-    /// removes the holder; returns the new container's id. Only a deployment's first start
-    /// uses the holder, and restarts while it runs (a crashed server, a restart of
-    /// mcp-runner); once it is gone, starts join the network as Docker does by default, and
-    /// a paused deployment keeps no holder running.
-    async fn leave_holder(&self, d: &Deployment, container: &str) -> Result<String, DeployError> {
+    /// namespace, with a container of the same settings and the same `image` (id) on the
+    /// deployment's network, and removes the holder; returns the new container's id. Runs
+    /// to its end even when the request that asked goes away; the old container keeps its
+    /// place until the new one is recorded.
+    async fn leave_holder(
+        &self,
+        d: &Deployment,
+        container: &str,
+        image: String,
+    ) -> Result<String, DeployError> {
+        let this = self.clone();
+        let d = d.clone();
+        let container = container.to_owned();
+        tokio::spawn(async move { this.swap_container(&d, &container, image).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(DeployError::Runtime(RuntimeError::User {
+                    op: "replace the container",
+                    reason: e.to_string(),
+                }))
+            })
+    }
+
+    async fn swap_container(
+        &self,
+        d: &Deployment,
+        container: &str,
+        image: String,
+    ) -> Result<String, DeployError> {
         let rt = &self.inner.runtime;
         let network = d.network_id.as_deref().ok_or(DeployError::NotFound)?;
-        // The new container takes the old one's name.
-        rt.remove_container(container).await?;
-        let replacement = rt.create_container(&spec_of(d, network, None)).await?;
-        self.inner
-            .store
-            .set_resources(&d.id, &replacement, network, d.status)
+        let name = object_name(&d.id);
+        // The new container takes the old one's name; the old one waits aside until the
+        // row names the new one.
+        rt.rename_container(container, &format!("{name}-replaced"))
             .await?;
+        let put_back = || async {
+            if let Err(e) = rt.rename_container(container, &name).await {
+                tracing::warn!(deployment.id = %d.id, error = %e, "cannot give the container its name back");
+            }
+        };
+        let spec = SandboxSpec {
+            image,
+            ..spec_of(d, network, None)
+        };
+        let replacement = match rt.create_container(&spec).await {
+            Ok(id) => id,
+            Err(e) => {
+                put_back().await;
+                return Err(e.into());
+            }
+        };
+        match self.inner.store.set_container(&d.id, &replacement).await {
+            Ok(true) => {}
+            recorded => {
+                let _ = rt.remove_container(&replacement).await;
+                put_back().await;
+                return Err(match recorded {
+                    Err(e) => e.into(),
+                    // Being deleted: the deletion removes the old container.
+                    _ => DeployError::NotFound,
+                });
+            }
+        }
+        // What is left is removed by the deletion at the latest (by name for the holder).
+        if let Err(e) = rt.remove_container(container).await {
+            tracing::warn!(deployment.id = %d.id, error = %e, "cannot remove the replaced container");
+        }
         rt.remove_holder(&d.id).await?;
         tracing::info!(deployment.id = %d.id, container.id = %replacement, "left the network holder: the container is on the deployment's network now");
         Ok(replacement)
@@ -617,10 +712,8 @@ impl Deployments {
             None => return Err(DeployError::NotFound),
             Some(s) if s.running => {}
             Some(s) => {
-                if !self.holder_runs(&s).await? {
-                    container = self.leave_holder(&d, &container).await?;
-                    d.container_id = Some(container.clone());
-                }
+                container = self.prepare_start(&d, container, &s).await?;
+                d.container_id = Some(container.clone());
                 self.inner.runtime.start_container(&container).await?;
                 tracing::info!(deployment.id = %id, "container started on demand");
             }
@@ -660,7 +753,7 @@ impl Deployments {
     }
 
     async fn start_stdio_now(&self, d: &Deployment) -> Result<Attached, DeployError> {
-        let mut container = d.container_id.clone().ok_or(DeployError::NotFound)?;
+        let container = d.container_id.clone().ok_or(DeployError::NotFound)?;
         let rt = &self.inner.runtime;
         let Some(state) = rt.container_state(&container).await? else {
             return Err(DeployError::NotFound);
@@ -668,9 +761,7 @@ impl Deployments {
         if state.running {
             self.stop_container(d).await?;
         }
-        if !self.holder_runs(&state).await? {
-            container = self.leave_holder(d, &container).await?;
-        }
+        let container = self.prepare_start(d, container, &state).await?;
         let container = container.as_str();
         let mut attached = rt.attach_stdio(container).await?;
         rt.start_container(container).await?;

@@ -228,26 +228,17 @@ impl Runtime {
         }
     }
 
-    /// The state of a container, `None` when it does not exist.
-    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    /// Docker's description of a container (with the size of its own file system layer when
+    /// `size`), `None` when it does not exist.
+    async fn inspect(
+        &self,
+        id: &str,
+        size: bool,
+    ) -> Result<Option<bollard::models::ContainerInspectResponse>, RuntimeError> {
         let _permit = self.permit("inspect the container").await;
-        match self.docker.inspect_container(id, None).await {
-            Ok(info) => {
-                let state = info.state.unwrap_or_default();
-                Ok(Some(ContainerState {
-                    running: state.running.unwrap_or(false),
-                    exited: matches!(
-                        state.status,
-                        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
-                    ),
-                    exit_code: state.exit_code,
-                    oom_killed: state.oom_killed.unwrap_or(false),
-                    joins_namespace_of: info
-                        .host_config
-                        .and_then(|h| h.network_mode)
-                        .and_then(|m| super::joined_namespace(&m).map(str::to_owned)),
-                }))
-            }
+        let options = bollard::query_parameters::InspectContainerOptions { size };
+        match self.docker.inspect_container(id, Some(options)).await {
+            Ok(info) => Ok(Some(info)),
             Err(e) => {
                 let err = docker_err("inspect the container")(e);
                 if err.is_not_found() {
@@ -257,6 +248,47 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// The image id a container was made from and the bytes it wrote to its own file
+    /// system layer; `None` when it does not exist.
+    pub async fn container_layer(&self, id: &str) -> Result<Option<(String, i64)>, RuntimeError> {
+        Ok(self
+            .inspect(id, true)
+            .await?
+            .and_then(|info| Some((info.image?, info.size_rw.unwrap_or(0)))))
+    }
+
+    /// Renames a container.
+    pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        let _permit = self.permit("rename the container").await;
+        let options = bollard::query_parameters::RenameContainerOptions {
+            name: name.to_owned(),
+        };
+        self.docker
+            .rename_container(id, options)
+            .await
+            .map_err(docker_err("rename the container"))
+    }
+
+    /// The state of a container, `None` when it does not exist.
+    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        Ok(self.inspect(id, false).await?.map(|info| {
+            let state = info.state.unwrap_or_default();
+            ContainerState {
+                running: state.running.unwrap_or(false),
+                exited: matches!(
+                    state.status,
+                    Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD)
+                ),
+                exit_code: state.exit_code,
+                oom_killed: state.oom_killed.unwrap_or(false),
+                joins_namespace_of: info
+                    .host_config
+                    .and_then(|h| h.network_mode)
+                    .and_then(|m| super::joined_namespace(&m).map(str::to_owned)),
+            }
+        }))
     }
 
     /// Every container of this instance, running or not.

@@ -268,6 +268,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records a deployment's new container unless its row is being deleted (or made);
+    /// returns whether a row changed.
+    pub async fn set_container(&self, id: &str, container_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET container_id = ? WHERE id = ? AND status NOT IN ('deleting', 'creating')",
+        )
+        .bind(container_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("record the container"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Sets the status of a row unless it is being deleted; returns whether a row changed.
     pub async fn set_status(&self, id: &str, status: Status) -> Result<bool, StoreError> {
         let done = sqlx::query(

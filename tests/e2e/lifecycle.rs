@@ -534,13 +534,10 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     drop(dir);
 }
 
-/// A create with `autoStart` that takes a spare starts its container in the namespace of the
-/// spare's network holder (no network setup at start); the pause replaces that container by
-/// one on the network and removes the holder; the next request starts the new one; the
-/// delete leaves nothing.
-#[tokio::test]
-async fn the_first_start_uses_the_network_holder_and_the_pause_removes_it() {
-    let app = TestApp::spawn().await;
+/// A deployment created with `autoStart` (pausing after 3 s idle) whose first container runs in
+/// the namespace of its spare's network holder, checked, and answering a call; returns the
+/// deployment, its container and the holder (as inspected).
+async fn deployment_in_a_holder(app: &TestApp) -> (Value, Value, Value) {
     // The spares are made in the background after start-up: wait for one with its holder.
     eventually(
         "a spare network holder",
@@ -560,37 +557,61 @@ async fn the_first_start_uses_the_network_holder_and_the_pause_removes_it() {
     )
     .await;
     let d = app
-        .create_fixture(json!({"pauseAfterSeconds": 1, "deleteAfterSeconds": 3600}))
+        .create_fixture(json!({"pauseAfterSeconds": 3, "deleteAfterSeconds": 3600}))
         .await;
-    let id = s(&d["id"]).to_owned();
-    let network_id = s(&d["network_id"]).to_owned();
-    let first = inspect("container", s(&d["container_id"]));
-    let holder = network_owner(&first);
+    let id = s(&d["id"]);
+    let network_id = s(&d["network_id"]);
+    let container = inspect("container", s(&d["container_id"]));
+    let holder = network_owner(&container);
     assert_ne!(
-        holder["Id"], first["Id"],
+        holder["Id"], container["Id"],
         "the first start joins the holder"
     );
-    assert_hardened_holder(&holder, &id);
+    assert_hardened_holder(&holder, id);
     assert!(
         holder["NetworkSettings"]["Networks"]
             .as_object()
-            .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id.as_str())),
+            .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id)),
         "the holder is on the deployment's network"
     );
-    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "first").await;
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(id), "first").await;
     assert_eq!(
         client.call("add", json!({"a": 1, "b": 2})).await.as_deref(),
         Ok("3")
     );
     client.close().await;
+    (d, container, holder)
+}
 
-    // Paused: the container that used the holder is replaced, and the holder is gone.
-    let paused = eventually("the pause", Duration::from_secs(20), || async {
-        let (status, body) = app.get(&id).await;
+/// Waits for the reaper's pause of `id`; returns the deployment as the API shows it then.
+async fn paused(app: &TestApp, id: &str) -> Value {
+    eventually("the pause", Duration::from_secs(20), || async {
+        let (status, body) = app.get(id).await;
         (status == 200 && body["deployment"]["status"] == "stopped")
             .then(|| body["deployment"].clone())
     })
-    .await;
+    .await
+}
+
+/// Calls a tool on `id`, which starts it.
+async fn call_starts(app: &TestApp, id: &str) {
+    let client = crate::support::mcp::Client::streamable(&app.mcp_url(id), "again").await;
+    assert_eq!(
+        client.call("add", json!({"a": 2, "b": 2})).await.as_deref(),
+        Ok("4")
+    );
+    client.close().await;
+}
+
+/// The first container wrote nothing to its file system: the pause replaces it (same name,
+/// user, image and runtime) by one on the deployment's network, and removes the holder; the
+/// next request starts the new one; the delete leaves nothing.
+#[tokio::test]
+async fn a_pause_moves_a_container_that_wrote_nothing_off_its_network_holder() {
+    let app = TestApp::spawn().await;
+    let (d, first, holder) = deployment_in_a_holder(&app).await;
+    let id = s(&d["id"]);
+    let after = paused(&app, id).await;
     assert!(
         !exists("container", s(&holder["Id"])),
         "the holder is removed"
@@ -599,27 +620,61 @@ async fn the_first_start_uses_the_network_holder_and_the_pause_removes_it() {
         !exists("container", s(&first["Id"])),
         "the first container is replaced"
     );
-    let second = inspect("container", s(&paused["container_id"]));
+    let second = inspect("container", s(&after["container_id"]));
     assert_eq!(second["State"]["Running"], false);
-    assert_eq!(second["HostConfig"]["NetworkMode"], network_id);
+    assert_eq!(second["HostConfig"]["NetworkMode"], s(&d["network_id"]));
     assert_eq!(second["HostConfig"]["Dns"], json!(["8.8.8.8", "1.1.1.1"]));
     assert_eq!(second["HostConfig"]["Runtime"], "runsc");
     assert_eq!(second["Config"]["User"], first["Config"]["User"]);
+    assert_eq!(second["Image"], first["Image"]);
     assert_eq!(second["Name"], first["Name"]);
 
-    // The next request starts it, on the network.
-    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "second").await;
+    call_starts(&app, id).await;
     assert_eq!(
-        client.call("add", json!({"a": 2, "b": 2})).await.as_deref(),
-        Ok("4")
-    );
-    client.close().await;
-    assert_eq!(
-        inspect("container", s(&paused["container_id"]))["State"]["Running"],
+        inspect("container", s(&after["container_id"]))["State"]["Running"],
         true
     );
+    assert_eq!(app.delete(id).await.0, 200);
+    let (instance, db, _dir) = app.stop().await;
+    crate::support::assert_nothing_left(&instance, &db).await;
+}
 
-    assert_eq!(app.delete(&id).await.0, 200);
+/// The first container has files of its own: the pause keeps it and stops its holder with
+/// it; the next request starts the holder, then the same container, files included.
+#[tokio::test]
+async fn a_pause_keeps_a_container_with_files_and_stops_its_network_holder() {
+    let app = TestApp::spawn().await;
+    let (d, first, holder) = deployment_in_a_holder(&app).await;
+    let id = s(&d["id"]);
+    let marker = std::env::temp_dir().join(format!("holder-marker-{id}"));
+    std::fs::write(&marker, "kept").expect("write the marker");
+    let into = format!("{}:/marker", s(&first["Id"]));
+    crate::support::docker::docker(&["cp", marker.to_str().expect("utf-8 path"), &into]);
+    std::fs::remove_file(&marker).expect("remove the marker");
+
+    let after = paused(&app, id).await;
+    assert_eq!(after["container_id"], first["Id"], "the same container");
+    assert_eq!(
+        inspect("container", s(&first["Id"]))["State"]["Running"],
+        false
+    );
+    assert_eq!(
+        inspect("container", s(&holder["Id"]))["State"]["Running"],
+        false
+    );
+
+    call_starts(&app, id).await;
+    assert_eq!(
+        inspect("container", s(&holder["Id"]))["State"]["Running"],
+        true
+    );
+    assert_eq!(
+        inspect("container", s(&first["Id"]))["State"]["Running"],
+        true
+    );
+    let diff = crate::support::docker::docker(&["diff", s(&first["Id"])]);
+    assert!(diff.lines().any(|l| l == "A /marker"), "{diff}");
+    assert_eq!(app.delete(id).await.0, 200);
     let (instance, db, _dir) = app.stop().await;
     crate::support::assert_nothing_left(&instance, &db).await;
 }
