@@ -248,8 +248,8 @@ struct Leftovers {
     containers: Vec<String>,
     networks: Vec<String>,
     users: Vec<String>,
-    /// Spares the running server keeps, a network and a host user each (not counted as
-    /// left).
+    /// Spares the running server keeps, a network, its holder and a host user each (not
+    /// counted as left).
     spares: usize,
 }
 
@@ -269,10 +269,35 @@ impl Leftovers {
     fn while_running(instance: &str) -> Leftovers {
         let mut left = Leftovers::of(instance);
         let made_ahead = support::docker::made_ahead_networks_of(instance);
-        let spare_users: Vec<String> = support::docker::made_ahead_deployments_of(instance)
+        let spare_ids = support::docker::made_ahead_deployments_of(instance);
+        let spare_users: Vec<String> = spare_ids
             .iter()
             .filter_map(|id| Some(format!("mcp-{}", id.strip_prefix("dp_")?)))
             .collect();
+        // A spare's network holder (label mcp-runner.role=netns) is part of the spare.
+        let filter = format!("label=mcp-runner.instance={instance}");
+        let format = "{{.ID}} {{.Label \"mcp-runner.deployment\"}}";
+        let holders = support::docker::docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--filter",
+            "label=mcp-runner.role=netns",
+            "--format",
+            format,
+        ]);
+        let spare_holders: Vec<&str> = holders
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, d)| spare_ids.iter().any(|s| s == d))
+            .map(|(c, _)| c)
+            .collect();
+        left.containers.retain(|c| {
+            !spare_holders
+                .iter()
+                .any(|h| c.starts_with(h) || h.starts_with(c.as_str()))
+        });
         left.networks.retain(|n| !made_ahead.contains(n));
         left.users.retain(|u| !spare_users.contains(u));
         left.spares = made_ahead.len();
