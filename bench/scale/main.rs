@@ -293,11 +293,8 @@ impl Leftovers {
             .filter(|(_, d)| spare_ids.iter().any(|s| s == d))
             .map(|(c, _)| c)
             .collect();
-        left.containers.retain(|c| {
-            !spare_holders
-                .iter()
-                .any(|h| c.starts_with(h) || h.starts_with(c.as_str()))
-        });
+        left.containers
+            .retain(|c| !spare_holders.contains(&c.as_str()));
         left.networks.retain(|n| !made_ahead.contains(n));
         left.users.retain(|u| !spare_users.contains(u));
         left.spares = made_ahead.len();

@@ -468,8 +468,7 @@ impl Deployments {
     }
 
     /// Removes container, network holder, network and user of a deployment. Parts already
-    /// gone are fine;
-    /// names stand in for ids a failed create never learned.
+    /// gone are fine; names stand in for ids a failed create never learned.
     async fn teardown(&self, d: &Deployment) -> Result<(), DeployError> {
         let rt = &self.inner.runtime;
         // Docker's parts go in order (the network is busy until its container is gone);
@@ -686,7 +685,8 @@ impl Deployments {
                 });
             }
         }
-        // What is left is removed by the deletion at the latest (by name for the holder).
+        // What cannot be removed now goes later: the holder with the deletion (by name), the
+        // old container with the first sweep after it.
         if let Err(e) = rt.remove_container(container).await {
             tracing::warn!(deployment.id = %d.id, error = %e, "cannot remove the replaced container");
         }

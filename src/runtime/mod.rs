@@ -21,7 +21,8 @@ use crate::metrics::{DockerLabels, METRICS};
 
 pub use attach::Attached;
 pub use image::KeyedLocks;
-pub use netns::{HOLDER_IMAGE, LABEL_ROLE, holder_name, holder_network_mode, joined_namespace};
+pub use netns::holder_network_mode;
+use netns::joined_namespace;
 pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
 pub use users::{HostUser, HostUsers};
 

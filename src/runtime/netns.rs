@@ -9,10 +9,10 @@
 //! of it, so a create with `autoStart` that takes a spare with a holder starts its server
 //! that much sooner, on the same network with the same address rules.
 //!
-//! The holder is a static program of about 130 bytes built into mcp-runner (an endless `pause()`
-//! loop; `ppoll` on arm64), imported once as a local image. It runs under runc as `nobody`
-//! with no capability, a read-only root, 8 MiB of memory (Docker's minimum is 6) and 4 tasks; it reads no input and
-//! runs no code of the deployment. Only the deployment's first container uses it (restarts
+//! The holder is a static program of about 130 bytes built into mcp-runner (an endless
+//! `pause()` loop; `ppoll` on arm64), imported once as a local image. It runs under runc as
+//! `nobody` with no capability, a read-only root, 8 MiB of memory (Docker's minimum is 6)
+//! and 4 tasks; it reads no input and runs no code of the deployment. Only the deployment's first container uses it (restarts
 //! included). A pause stops the holder with the container, or, when the container wrote
 //! nothing to its own file system, replaces the container by one on the deployment's network
 //! and removes the holder (see `Deployments::release_holder`): a paused deployment keeps
