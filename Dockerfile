@@ -35,8 +35,8 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # /etc/ssl is the one used; this one serves containers run without that mount).
 # passwd: useradd, userdel, groupadd and groupdel, which mcp-runner runs to give every
 # deployment its own host account (nologin, the accounts' shell, is on every Debian system).
-# iptables: the host firewall rules that keep deployment containers from connecting to the host
-# (FIREWALL); with --network=host they land in the host's tables, and Debian 12's default
+# iptables: the firewall rules that keep deployment containers from connecting to the host and
+# to each other (FIREWALL); with --network=host they land in the host's tables, and Debian 12's default
 # iptables-nft writes the nf_tables backend, as Docker on Debian 12 and Ubuntu 24.04 does. They
 # need CAP_NET_ADMIN (--privileged or --cap-add NET_ADMIN); without it start-up logs an error.
 RUN set -eux; \

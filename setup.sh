@@ -10,7 +10,8 @@
 #      process owned by this script) and restarts it only when needed;
 #   4. checks that `docker info` answers and lists the runsc runtime;
 #   5. installs the host firewall rules that keep deployment containers from
-#      opening connections to the host (iptables chain MCP-RUNNER-INPUT);
+#      opening connections to the host (iptables chain MCP-RUNNER-INPUT) and
+#      from reaching each other (chain MCP-RUNNER-FORWARD of the mangle table);
 #   6. creates mcp-runner's data directory.
 # With --ci it also installs what the test suite needs and runs a smoke test.
 #
@@ -28,6 +29,7 @@ readonly SMOKE_IMAGE=mcp-runner-setup-smoke:latest
 readonly RUNTIME_NAME=runsc
 readonly NETWORK_POOL_DEFAULT=10.240.0.0/16
 readonly FIREWALL_CHAIN=MCP-RUNNER-INPUT
+readonly FORWARD_CHAIN=MCP-RUNNER-FORWARD
 readonly FIREWALL_LOCK=/run/mcp-runner-firewall.lock
 
 # ---------------------------------------------------------------- helpers --
@@ -83,15 +85,19 @@ Files touched:
   /run/mcp-runner-firewall.lock             taken while the firewall rules are
                                             edited (mcp-runner takes it too)
 
-Host firewall (the filter table; mcp-runner installs the same rules at every
-start unless FIREWALL=off, and neither removes rules it did not write):
+Host firewall (mcp-runner installs the same rules at every start unless
+FIREWALL=off, and neither removes rules it did not write):
   -A INPUT -j MCP-RUNNER-INPUT                      (first rule of INPUT)
   -A MCP-RUNNER-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
   -A MCP-RUNNER-INPUT -i lo -j RETURN
   -A MCP-RUNNER-INPUT -s <network pool> -j DROP     (one per pool)
+  -t mangle -A FORWARD -j MCP-RUNNER-FORWARD        (first rule of FORWARD)
+  -t mangle -A MCP-RUNNER-FORWARD -s <pool> -d <pool> -j DROP   (one per pool)
 Containers keep their access to other hosts (DNS included); the host keeps its
-connections into containers. The rules last until reboot: run setup.sh or
-mcp-runner again after one.
+connections into containers. The second chain drops traffic between deployment
+networks, which Docker's own rules let through for a moment each time Docker
+creates a network. The rules last until reboot: run setup.sh or mcp-runner
+again after one.
 EOF
 }
 
@@ -580,52 +586,68 @@ fi
 # every other service of the host. Docker writes no INPUT rules, so these are
 # mcp-runner's own, in a chain of their own. RETURN, not ACCEPT: the chain only
 # ever takes traffic away, the host's INPUT rules still decide the rest.
+# Docker does keep its bridge networks apart, in the filter table's FORWARD,
+# but each time it creates a network it deletes and re-inserts its jumps there,
+# and traffic between networks passes meanwhile. A chain of the mangle table,
+# which Docker never writes, drops forwarded traffic between deployment
+# networks at every moment.
 
 iptables_() { iptables -w 20 "$@"; }
 
-# fw_rules CHAIN: the rules of CHAIN, one a line, as the words after "-A CHAIN".
-fw_rules() {
-    iptables_ -S "$1" 2>/dev/null | sed -n "s/^-A $1 //p"
+# fw_chain TABLE CHAIN: creates CHAIN in TABLE unless it exists.
+fw_chain() {
+    if ! iptables_ -t "$1" -S "$2" >/dev/null 2>&1; then
+        iptables_ -t "$1" -N "$2" 2>"$work/iptables.err" || iptables_ -t "$1" -S "$2" >/dev/null 2>&1 \
+            || { cat "$work/iptables.err" >&2; die "could not create the iptables chain $2 (table $1)"; }
+        fw_changed=true
+    fi
 }
 
-# fw_ensure_once CHAIN POSITION WORD...: makes the rule WORD... appear exactly
-# once in CHAIN, at POSITION (1-based), or with POSITION "any" where it is or
-# at the end. A missing rule is added before duplicates are removed, so there
-# is no moment without it. Sets fw_changed=true when it changed something.
+# fw_rules TABLE CHAIN: the rules of CHAIN, one a line, as the words after
+# "-A CHAIN".
+fw_rules() {
+    iptables_ -t "$1" -S "$2" 2>/dev/null | sed -n "s/^-A $2 //p"
+}
+
+# fw_ensure_once TABLE CHAIN POSITION WORD...: makes the rule WORD... appear
+# exactly once in CHAIN, at POSITION (1-based), or with POSITION "any" where
+# it is or at the end. A missing rule is added before duplicates are removed,
+# so there is no moment without it. Sets fw_changed=true when it changed
+# something.
 fw_ensure_once() {
-    local chain=$1 position=$2 keep=-1 i rules=()
-    shift 2
+    local table=$1 chain=$2 position=$3 keep=-1 i rules=()
+    shift 3
     local rule="$*"
-    mapfile -t rules < <(fw_rules "$chain")
+    mapfile -t rules < <(fw_rules "$table" "$chain")
     if [[ $position == any ]]; then
         for i in "${!rules[@]}"; do
             if [[ "${rules[$i]}" == "$rule" ]]; then keep=$i; break; fi
         done
         if ((keep < 0)); then
-            iptables_ -A "$chain" "$@" || die "iptables -A $chain $rule failed"
+            iptables_ -t "$table" -A "$chain" "$@" || die "iptables -t $table -A $chain $rule failed"
             fw_changed=true
             return 0
         fi
     else
         if [[ "${rules[$((position - 1))]:-}" != "$rule" ]]; then
             ((position <= ${#rules[@]} + 1)) || position=$((${#rules[@]} + 1))
-            iptables_ -I "$chain" "$position" "$@" || die "iptables -I $chain $position $rule failed"
+            iptables_ -t "$table" -I "$chain" "$position" "$@" || die "iptables -t $table -I $chain $position $rule failed"
             fw_changed=true
-            mapfile -t rules < <(fw_rules "$chain")
+            mapfile -t rules < <(fw_rules "$table" "$chain")
         fi
         keep=$((position - 1))
     fi
     # Duplicates, from the last so that the numbers of the others stay valid.
     for ((i = ${#rules[@]} - 1; i >= 0; i--)); do
         if ((i != keep)) && [[ "${rules[$i]}" == "$rule" ]]; then
-            iptables_ -D "$chain" $((i + 1)) || die "iptables -D $chain $((i + 1)) failed"
+            iptables_ -t "$table" -D "$chain" $((i + 1)) || die "iptables -t $table -D $chain $((i + 1)) failed"
             fw_changed=true
         fi
     done
 }
 
 if $firewall; then
-    step "Host firewall: deployment networks may not open connections to this host"
+    step "Host firewall: deployment networks may not open connections to this host or to each other"
     pools=()
     for p in "${network_pools[@]}"; do
         # As iptables prints it, so that a rerun finds the rule it wrote.
@@ -636,21 +658,24 @@ if $firewall; then
     exec 9>"$FIREWALL_LOCK"
     flock -w 30 9 || die "could not take $FIREWALL_LOCK within 30 s"
     fw_changed=false
-    if ! iptables_ -S "$FIREWALL_CHAIN" >/dev/null 2>&1; then
-        iptables_ -N "$FIREWALL_CHAIN" 2>"$work/iptables.err" || iptables_ -S "$FIREWALL_CHAIN" >/dev/null 2>&1 \
-            || { cat "$work/iptables.err" >&2; die "could not create the iptables chain $FIREWALL_CHAIN"; }
-        fw_changed=true
-    fi
-    fw_ensure_once "$FIREWALL_CHAIN" 1 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
-    fw_ensure_once "$FIREWALL_CHAIN" 2 -i lo -j RETURN
+    fw_chain filter "$FIREWALL_CHAIN"
+    fw_ensure_once filter "$FIREWALL_CHAIN" 1 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+    fw_ensure_once filter "$FIREWALL_CHAIN" 2 -i lo -j RETURN
     for p in "${pools[@]}"; do
-        fw_ensure_once "$FIREWALL_CHAIN" any -s "$p" -j DROP
+        fw_ensure_once filter "$FIREWALL_CHAIN" any -s "$p" -j DROP
     done
-    fw_ensure_once INPUT 1 -j "$FIREWALL_CHAIN"
+    fw_ensure_once filter INPUT 1 -j "$FIREWALL_CHAIN"
+    fw_chain mangle "$FORWARD_CHAIN"
+    for p in "${pools[@]}"; do
+        fw_ensure_once mangle "$FORWARD_CHAIN" any -s "$p" -d "$p" -j DROP
+    done
+    fw_ensure_once mangle FORWARD 1 -j "$FORWARD_CHAIN"
     exec 9>&-
     if $fw_changed; then info "rules installed"; else info "rules already in place"; fi
     iptables_ -S INPUT 2>/dev/null | grep -F -- "-j $FIREWALL_CHAIN" | sed 's/^/    /'
     iptables_ -S "$FIREWALL_CHAIN" 2>/dev/null | grep '^-A' | sed 's/^/    /'
+    iptables_ -t mangle -S FORWARD 2>/dev/null | grep -F -- "-j $FORWARD_CHAIN" | sed 's/^/    -t mangle /'
+    iptables_ -t mangle -S "$FORWARD_CHAIN" 2>/dev/null | grep '^-A' | sed 's/^/    -t mangle /'
 else
     step "Host firewall: left alone (--no-firewall)"
     warn "deployment containers can open connections to this host unless mcp-runner installs the rules (FIREWALL=on, its default)"

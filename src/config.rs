@@ -76,8 +76,9 @@ pub struct Config {
     #[arg(long, env = "NETWORK_SPARES", default_value_t = 2)]
     pub network_spares: usize,
 
-    /// Keep the host firewall rules (iptables chain MCP-RUNNER-INPUT, jumped to from INPUT)
-    /// that drop connections from NETWORK_POOL to this host, mcp-runner's own port included.
+    /// Keep the firewall rules that drop connections from NETWORK_POOL to this host,
+    /// mcp-runner's own port included (iptables chain MCP-RUNNER-INPUT, jumped to from INPUT),
+    /// and traffic between deployment networks (chain MCP-RUNNER-FORWARD of the mangle table).
     /// Needs the iptables command and CAP_NET_ADMIN; a failure is logged, not fatal.
     #[arg(long, env = "FIREWALL", value_name = "on|off", default_value = "on",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]

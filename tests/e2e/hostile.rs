@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{inspect, network_owner};
+use crate::support::docker::{docker, inspect, network_owner};
 use crate::support::mcp::Client;
 use crate::support::{Options, TestApp, eventually};
 
@@ -47,7 +47,7 @@ async fn call_json(client: &Client, tool: &str, args: Value) -> Value {
 }
 
 /// Asks `client`'s deployment to open a TCP connection; returns the fixture's answer
-/// `{"connected": bool, "error": …}`.
+/// `{"connected": bool, "connections": n, "error": …}`.
 async fn connect(client: &Client, host: &str, port: u16) -> Value {
     call_json(
         client,
@@ -55,6 +55,81 @@ async fn connect(client: &Client, host: &str, port: u16) -> Value {
         json!({"host": host, "port": port, "timeout_ms": 1500}),
     )
     .await
+}
+
+/// Asks `client`'s deployment for `attempts` quick TCP connections, one after another (10 ms
+/// each: a dropped SYN is not retried); returns how many were made and the last error.
+async fn probe(client: &Client, host: &str, port: u16, attempts: u32) -> (u64, Value) {
+    let answer = call_json(
+        client,
+        "connect",
+        json!({"host": host, "port": port, "timeout_ms": 10, "attempts": attempts}),
+    )
+    .await;
+    let made = answer["connections"].as_u64().expect("connections");
+    (made, answer["error"].clone())
+}
+
+/// Creates and removes Docker networks one after another on a thread of its own until
+/// stopped. Docker 20.10 deletes and re-inserts its jumps to `DOCKER-USER` and
+/// `DOCKER-ISOLATION-STAGE-1` at the top of `FORWARD` each time it makes a network, so for a
+/// few milliseconds then its isolation between bridge networks is gone.
+struct NetworkChurn {
+    stop: std::sync::Arc<AtomicBool>,
+    made: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetworkChurn {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let thread = std::thread::spawn({
+            let (stop, made) = (stop.clone(), made.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = made.load(Ordering::Relaxed);
+                    let name = format!("mcp-runner-test-churn-{}-{n}", std::process::id());
+                    // A subnet outside every pool the tests use; one network at a time.
+                    docker(&["network", "create", "--subnet", "10.249.0.0/28", &name]);
+                    made.fetch_add(1, Ordering::Relaxed);
+                    docker(&["network", "rm", &name]);
+                }
+            }
+        });
+        Self {
+            stop,
+            made,
+            thread: Some(thread),
+        }
+    }
+
+    /// Networks made so far.
+    fn made(&self) -> u32 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// Stops, waits for the last network's removal, and returns how many were made.
+    fn stop(mut self) -> u32 {
+        self.finish();
+        self.made()
+    }
+
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+            && !std::thread::panicking()
+        {
+            panic!("the network churn failed (see its panic above)");
+        }
+    }
+}
+
+impl Drop for NetworkChurn {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// Calls `echo` on `client` every 20 ms until `stop` is set; every answer must be right.
@@ -134,9 +209,14 @@ fn iptables(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `-A` lines of a chain.
+/// The `-A` lines of a chain of the filter table.
 fn chain_rules(chain: &str) -> Vec<String> {
-    iptables(&["-S", chain])
+    table_rules("filter", chain)
+}
+
+/// The `-A` lines of a chain of `table`.
+fn table_rules(table: &str, chain: &str) -> Vec<String> {
+    iptables(&["-t", table, "-S", chain])
         .lines()
         .filter(|l| l.starts_with("-A "))
         .map(str::to_owned)
@@ -177,6 +257,27 @@ fn assert_firewall_in_place() {
             "{rule} once in {chain:?}"
         );
     }
+
+    // Forwarded traffic between deployment networks, in the mangle table.
+    let forward = table_rules("mangle", "FORWARD");
+    let jump = "-A FORWARD -j MCP-RUNNER-FORWARD";
+    assert_eq!(
+        forward.first().map(String::as_str),
+        Some(jump),
+        "{forward:?}"
+    );
+    assert_eq!(
+        forward.iter().filter(|r| *r == jump).count(),
+        1,
+        "{forward:?}"
+    );
+    let chain = table_rules("mangle", mcp_runner::firewall::FORWARD_CHAIN);
+    let drop = format!("-A MCP-RUNNER-FORWARD -s {POOL} -d {POOL} -j DROP");
+    assert_eq!(
+        chain.iter().filter(|r| **r == drop).count(),
+        1,
+        "{drop} once in {chain:?}"
+    );
 }
 
 /// The pids cgroup directory of a container (cgroup v1 or v2, cgroupfs or systemd driver).
@@ -425,8 +526,32 @@ async fn a_deployment_cannot_reach_another_deployments_container() {
         b_to_a["connected"], false,
         "B reached A at {a_ip}: {b_to_a}"
     );
+
+    // The same while Docker makes networks (it does for every deployment and spare): Docker's
+    // own isolation lapses for a few milliseconds at each, mcp-runner's firewall holds.
+    let churn = NetworkChurn::start();
+    let (mut attempts, mut crossed) = (0u32, Vec::new());
+    while churn.made() < 5 {
+        assert!(
+            attempts < 40 * 200,
+            "the churn made {} networks",
+            churn.made()
+        );
+        let ((ab, ab_error), (ba, ba_error)) =
+            tokio::join!(probe(&ca, &b_ip, 8000, 200), probe(&cb, &a_ip, 8000, 200));
+        attempts += 200;
+        if ab + ba > 0 {
+            crossed.push(format!("A->B {ab}, B->A {ba} ({ab_error}, {ba_error})"));
+        }
+    }
+    let made = churn.stop();
+    assert!(
+        crossed.is_empty(),
+        "connections crossed between deployments while Docker made {made} networks: {crossed:?}"
+    );
     eprintln!(
-        "cross-deployment: A ({a_ip}) -> B {b_ip}:8000: {}; B -> A {a_ip}:8000: {}",
+        "cross-deployment: A ({a_ip}) -> B {b_ip}:8000: {}; B -> A {a_ip}:8000: {}; then \
+         {attempts} attempts each way while Docker made {made} networks: none connected",
         a_to_b["error"], b_to_a["error"]
     );
     ca.close().await;
@@ -561,7 +686,7 @@ async fn a_deployment_runs_as_its_own_user_without_capabilities() {
 
 #[tokio::test]
 async fn the_firewall_rules_are_kept_once_and_in_place() {
-    use mcp_runner::firewall::{CHAIN, install};
+    use mcp_runner::firewall::{CHAIN, FORWARD_CHAIN, install};
     // Start-up of a server installs them.
     let app = TestApp::spawn().await;
     assert_firewall_in_place();
@@ -576,6 +701,9 @@ async fn the_firewall_rules_are_kept_once_and_in_place() {
     iptables(&["-A", "INPUT", "-j", CHAIN]);
     iptables(&["-A", CHAIN, "-s", POOL, "-j", "DROP"]);
     iptables(&["-I", CHAIN, "1", "-i", "lo", "-j", "RETURN"]);
+    iptables(&["-t", "mangle", "-A", "FORWARD", "-j", FORWARD_CHAIN]);
+    let pair = ["-s", POOL, "-d", POOL, "-j", "DROP"];
+    iptables(&[&["-t", "mangle", "-I", FORWARD_CHAIN, "1"][..], &pair].concat());
     let repaired = install("iptables", POOL).await.expect("install");
     assert_firewall_in_place();
     eprintln!("firewall rules: {:#?}", repaired.rules);
