@@ -400,7 +400,14 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                // MCP messages are the hot path, and a span per message is work on every
+                // one of them: there it exists at DEBUG only. The MCP routes log their
+                // failures with method and path themselves (`bridge::front::finish`).
+                if req.uri().path().starts_with("/mcp-server/") {
+                    tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                } else {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                }
             }),
         )
         .layer(CatchPanicLayer::custom(|_| {

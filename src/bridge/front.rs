@@ -53,7 +53,7 @@ pub fn routes(max_body: usize) -> Router<AppState> {
         .route("/mcp-server/{id}/sse/messages", post(sse_post))
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::map_response(no_buffering))
+        .layer(axum::middleware::from_fn(finish))
 }
 
 /// 405 with a JSON-RPC error body (axum adds the `Allow` header).
@@ -65,11 +65,31 @@ async fn wrong_method(method: axum::http::Method) -> Reject {
     )
 }
 
-/// nginx must not buffer any MCP answer (streams above all).
-async fn no_buffering(mut resp: Response) -> Response {
+/// Every MCP answer: nginx must not buffer it (streams above all), and a failure worth a log
+/// line is logged with the request's method and path. The MCP routes are the hot path, so
+/// their request span exists only at DEBUG (see `app::router`) and cannot give that context.
+async fn finish(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let mut resp = next.run(request).await;
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(f) = resp.extensions_mut().remove::<Failure>() {
+        let path = uri.path();
+        if f.error_level {
+            tracing::error!(%method, path, error = %f.error, "{}", f.what);
+        } else {
+            tracing::warn!(%method, path, error = %f.error, "{}", f.what);
+        }
+    }
     resp
+}
+
+/// What went wrong in an MCP request, for the log (see [`finish`]).
+#[derive(Debug, Clone)]
+struct Failure {
+    error_level: bool,
+    what: &'static str,
+    error: String,
 }
 
 /// An HTTP error with a JSON-RPC error body (no id).
@@ -77,15 +97,32 @@ pub struct Reject {
     status: StatusCode,
     code: i64,
     message: String,
+    failure: Option<Failure>,
+}
+
+impl Reject {
+    /// The same answer, logged as a warning (or an error) `what` with `error`.
+    fn logged(mut self, error_level: bool, what: &'static str, error: String) -> Reject {
+        self.failure = Some(Failure {
+            error_level,
+            what,
+            error,
+        });
+        self
+    }
 }
 
 impl IntoResponse for Reject {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(jsonrpc::error_body(self.code, &self.message)),
         )
-            .into_response()
+            .into_response();
+        if let Some(f) = self.failure {
+            resp.extensions_mut().insert(f);
+        }
+        resp
     }
 }
 
@@ -104,6 +141,7 @@ fn rpc_error(status: StatusCode, code: i64, message: &str) -> Reject {
         status,
         code,
         message: message.to_owned(),
+        failure: None,
     }
 }
 
@@ -116,20 +154,25 @@ impl From<BridgeError> for Reject {
                 "Deployment not found",
             ),
             BridgeError::Upstream(m) => {
-                tracing::warn!(error = %m, "upstream unavailable");
-                rpc_error(StatusCode::BAD_GATEWAY, code::SERVER_UNAVAILABLE, m)
-            }
-            BridgeError::Backlog(n) => {
-                tracing::warn!(waiting_bytes = n, "an MCP server is not reading its input");
-                rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    code::SERVER_UNAVAILABLE,
-                    &format!(
-                        "The MCP server is not reading its input: {:.1} MiB of earlier messages are still waiting for it; try again later",
-                        *n as f64 / f64::from(1 << 20)
-                    ),
+                rpc_error(StatusCode::BAD_GATEWAY, code::SERVER_UNAVAILABLE, m).logged(
+                    false,
+                    "upstream unavailable",
+                    m.clone(),
                 )
             }
+            BridgeError::Backlog(n) => rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::SERVER_UNAVAILABLE,
+                &format!(
+                    "The MCP server is not reading its input: {:.1} MiB of earlier messages are still waiting for it; try again later",
+                    *n as f64 / f64::from(1 << 20)
+                ),
+            )
+            .logged(
+                false,
+                "an MCP server is not reading its input",
+                format!("{n} bytes wait unread on its stdin"),
+            ),
             BridgeError::Deploy(DeployError::NotFound) => rpc_error(
                 StatusCode::NOT_FOUND,
                 code::INVALID_REQUEST,
@@ -141,17 +184,18 @@ impl From<BridgeError> for Reject {
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                tracing::warn!(error = %e, "Docker failed for an MCP request");
-                rpc_error(status, code::SERVER_UNAVAILABLE, &format!("Docker: {e}"))
-            }
-            BridgeError::Deploy(e) => {
-                tracing::error!(error = %e, "bridge failure");
-                rpc_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code::INTERNAL_ERROR,
-                    "Internal error",
+                rpc_error(status, code::SERVER_UNAVAILABLE, &format!("Docker: {e}")).logged(
+                    false,
+                    "Docker failed for an MCP request",
+                    e.to_string(),
                 )
             }
+            BridgeError::Deploy(e) => rpc_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code::INTERNAL_ERROR,
+                "Internal error",
+            )
+            .logged(true, "bridge failure", e.to_string()),
         }
     }
 }
@@ -717,5 +761,58 @@ mod tests {
         assert!(
             check_protocol_header(&headers(&[("mcp-protocol-version", "1999-01-01")])).is_err()
         );
+    }
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_mcp_request_is_logged_with_its_method_and_path() {
+        use tower::ServiceExt;
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer({
+                let c = captured.clone();
+                move || c.clone()
+            })
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app: Router = Router::new()
+            .route(
+                "/mcp-server/{id}/mcp",
+                post(|| async {
+                    Err::<Response, Reject>(
+                        BridgeError::Upstream("the process is gone".into()).into(),
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(finish));
+        let request = axum::http::Request::post("/mcp-server/dp_x/mcp")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.oneshot(request).await.expect("response");
+
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
+        assert!(resp.extensions().get::<Failure>().is_none());
+        let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("upstream unavailable"), "{log}");
+        assert!(log.contains("method=POST"), "{log}");
+        assert!(log.contains("path=\"/mcp-server/dp_x/mcp\""), "{log}");
+        assert!(log.contains("the process is gone"), "{log}");
     }
 }
