@@ -85,6 +85,10 @@ impl CpuProbe {
             cpu.ticks[group] += ticks(&format!("/proc/self/task/{tid}/stat"));
         }
         let me = std::process::id().to_string();
+        // gVisor's ptrace platform runs the sandboxed processes in stub processes named
+        // `exe` whose command line names no container: they count with their sandbox.
+        let mut sandboxes = std::collections::HashSet::new();
+        let mut stubs = Vec::new();
         for (pid, comm) in entries("/proc") {
             if pid == me {
                 continue;
@@ -100,17 +104,39 @@ impl CpuProbe {
                         .iter()
                         .any(|id| cmdline.contains(id.as_str()))
                     {
+                        if c == "exe" {
+                            stubs.push(pid);
+                        }
                         continue;
                     }
                     if c.starts_with("containerd-shim") {
                         SHIM
                     } else {
+                        sandboxes.insert(pid.clone());
                         GVISOR
                     }
                 }
                 _ => continue,
             };
             cpu.ticks[group] += ticks(&format!("/proc/{pid}/stat"));
+        }
+        // A stub's parent is its sandbox or another stub of it.
+        let parents: std::collections::HashMap<String, String> = stubs
+            .iter()
+            .filter_map(|pid| Some((pid.clone(), parent(pid)?)))
+            .collect();
+        for pid in parents.keys() {
+            let mut up = parents.get(pid);
+            for _ in 0..parents.len() {
+                match up {
+                    Some(p) if sandboxes.contains(p) => {
+                        cpu.ticks[GVISOR] += ticks(&format!("/proc/{pid}/stat"));
+                        break;
+                    }
+                    Some(p) => up = parents.get(p),
+                    None => break,
+                }
+            }
         }
         cpu.busy = busy_ticks();
         cpu
@@ -140,6 +166,15 @@ fn entries(dir: &str) -> Vec<(String, String)> {
             Some((n, comm.trim().to_owned()))
         })
         .collect()
+}
+
+/// The parent process id of `pid`.
+fn parent(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .map(|p| p.trim().to_owned())
 }
 
 /// Busy ticks of all CPUs (everything but idle and iowait).
