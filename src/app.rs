@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -408,7 +409,16 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
                 } else {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
                 }
-            }),
+            })
+            // tower-http's own line for a 5xx, where the span gives it its request; without
+            // the span it would say nothing `finish` has not said with more.
+            .on_failure(
+                |class: ServerErrorsFailureClass, latency: Duration, span: &tracing::Span| {
+                    if !span.is_disabled() {
+                        tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
+                    }
+                },
+            ),
         )
         .layer(CatchPanicLayer::custom(|_| {
             crate::error::error_response(

@@ -68,7 +68,7 @@ const MANGLE: &str = "mangle";
 
 /// Held across processes (mcp-runner instances, `setup.sh`) while the rules are edited: the
 /// edits read the rules, then change them by position.
-const LOCK_FILE: &str = "/run/mcp-runner-firewall.lock";
+pub const LOCK_FILE: &str = "/run/mcp-runner-firewall.lock";
 
 /// Longest wait for the cross-process lock, and for one iptables command.
 const WAIT: Duration = Duration::from_secs(20);
@@ -178,12 +178,13 @@ pub async fn protect_host(pool: &str) {
         ),
         Err(e) => tracing::error!(
             error = %e,
-            chain = CHAIN,
             pool,
-            "host firewall NOT installed: deployment containers can open connections to every \
-             port of this host, mcp-runner's API included, and to each other while Docker \
-             creates a network (mcp-runner needs the iptables command and CAP_NET_ADMIN; \
-             setup.sh installs the same rules; FIREWALL=off skips this step)"
+            "firewall rules NOT (all) installed: the filter table's rules (MCP-RUNNER-INPUT) go \
+             first, and without them deployment containers can open connections to every port \
+             of this host, mcp-runner's API included; without the mangle table's \
+             (MCP-RUNNER-FORWARD) they can reach each other while Docker creates a network. \
+             The error names the table. mcp-runner needs the iptables command and \
+             CAP_NET_ADMIN; setup.sh installs the same rules; FIREWALL=off skips this step"
         ),
     }
 }
@@ -195,13 +196,16 @@ pub async fn install(iptables: &str, pool: &str) -> Result<Installed, FirewallEr
     let _in_process = PROCESS_LOCK.lock().await;
     let _across_processes = lock_file().await;
     let mut changed = false;
+    // The host's protection first and whole: a host whose iptables has no mangle table
+    // (a legacy backend without the module, in a container that cannot load it) keeps it.
     for (table, chain) in [(FILTER, CHAIN), (MANGLE, FORWARD_CHAIN)] {
-        changed |= Iptables(iptables, table).ensure_chain(chain).await?;
-    }
-    for rule in &wanted {
-        changed |= Iptables(iptables, rule.table)
-            .ensure_once(rule.chain, rule.position, &rule.words)
-            .await?;
+        let ipt = Iptables(iptables, table);
+        changed |= ipt.ensure_chain(chain).await?;
+        for rule in wanted.iter().filter(|r| r.table == table) {
+            changed |= ipt
+                .ensure_once(rule.chain, rule.position, &rule.words)
+                .await?;
+        }
     }
     let mut rules = Vec::new();
     for (table, chain, prefix) in [(FILTER, CHAIN, ""), (MANGLE, FORWARD_CHAIN, "-t mangle ")] {

@@ -73,13 +73,17 @@ async fn finish(request: axum::extract::Request, next: axum::middleware::Next) -
     let mut resp = next.run(request).await;
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(f) = resp.extensions_mut().remove::<Failure>() {
-        let path = uri.path();
-        if f.error_level {
+    let path = uri.path();
+    match resp.extensions_mut().remove::<Failure>() {
+        Some(f) if f.error_level => {
             tracing::error!(%method, path, error = %f.error, "{}", f.what);
-        } else {
-            tracing::warn!(%method, path, error = %f.error, "{}", f.what);
         }
+        Some(f) => tracing::warn!(%method, path, error = %f.error, "{}", f.what),
+        None if resp.status().is_server_error() => {
+            let status = resp.status().as_u16();
+            tracing::warn!(%method, path, status, "MCP request answered with a server error");
+        }
+        None => {}
     }
     resp
 }
@@ -799,11 +803,21 @@ mod tests {
                     )
                 }),
             )
+            .route(
+                "/mcp-server/{id}/sse",
+                get(|| async {
+                    Err::<Response, Reject>(rpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        code::SERVER_UNAVAILABLE,
+                        "starting",
+                    ))
+                }),
+            )
             .layer(axum::middleware::from_fn(finish));
         let request = axum::http::Request::post("/mcp-server/dp_x/mcp")
             .body(axum::body::Body::empty())
             .expect("request");
-        let resp = app.oneshot(request).await.expect("response");
+        let resp = app.clone().oneshot(request).await.expect("response");
 
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()["x-accel-buffering"], "no");
@@ -814,5 +828,22 @@ mod tests {
         assert!(log.contains("method=POST"), "{log}");
         assert!(log.contains("path=\"/mcp-server/dp_x/mcp\""), "{log}");
         assert!(log.contains("the process is gone"), "{log}");
+
+        // A server error without a failure of its own is logged too, with its status.
+        let request = axum::http::Request::get("/mcp-server/dp_y/sse")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.oneshot(request).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        let line = log
+            .lines()
+            .find(|l| l.contains("/mcp-server/dp_y/sse"))
+            .unwrap_or_else(|| panic!("no line for the 503: {log}"));
+        assert!(
+            line.contains("WARN") && line.contains("status=503"),
+            "{line}"
+        );
+        assert!(line.contains("method=GET"), "{line}");
     }
 }

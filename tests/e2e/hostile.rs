@@ -81,7 +81,22 @@ struct NetworkChurn {
 }
 
 impl NetworkChurn {
+    /// Label of the churn's networks.
+    const LABEL: &'static str = "mcp-runner-test=churn";
+
     fn start() -> Self {
+        // A run killed half-way leaves its network, which holds the subnet.
+        for leftover in docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={}", Self::LABEL),
+        ])
+        .split_whitespace()
+        {
+            docker(&["network", "rm", leftover]);
+        }
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let thread = std::thread::spawn({
@@ -91,7 +106,15 @@ impl NetworkChurn {
                     let n = made.load(Ordering::Relaxed);
                     let name = format!("mcp-runner-test-churn-{}-{n}", std::process::id());
                     // A subnet outside every pool the tests use; one network at a time.
-                    docker(&["network", "create", "--subnet", "10.249.0.0/28", &name]);
+                    docker(&[
+                        "network",
+                        "create",
+                        "--label",
+                        Self::LABEL,
+                        "--subnet",
+                        "10.249.0.0/28",
+                        &name,
+                    ]);
                     made.fetch_add(1, Ordering::Relaxed);
                     docker(&["network", "rm", &name]);
                 }
@@ -104,15 +127,20 @@ impl NetworkChurn {
         }
     }
 
-    /// Networks made so far.
+    /// Networks made so far; fails the test when the churn has stopped on its own (a
+    /// `docker network` command failed: its panic is printed above).
     fn made(&self) -> u32 {
+        assert!(
+            self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+            "the network churn stopped (see its panic above)"
+        );
         self.made.load(Ordering::Relaxed)
     }
 
     /// Stops, waits for the last network's removal, and returns how many were made.
     fn stop(mut self) -> u32 {
         self.finish();
-        self.made()
+        self.made.load(Ordering::Relaxed)
     }
 
     fn finish(&mut self) {
@@ -698,12 +726,16 @@ async fn the_firewall_rules_are_kept_once_and_in_place() {
 
     // Duplicates and a misplaced rule are repaired. Each of these only adds a rule that is
     // already there, so the host is never less protected meanwhile.
+    // Edited under the lock every server takes for its own edits (they delete by position).
+    let lock = std::fs::File::create(mcp_runner::firewall::LOCK_FILE).expect("lock file");
+    lock.lock().expect("firewall lock");
     iptables(&["-A", "INPUT", "-j", CHAIN]);
     iptables(&["-A", CHAIN, "-s", POOL, "-j", "DROP"]);
     iptables(&["-I", CHAIN, "1", "-i", "lo", "-j", "RETURN"]);
     iptables(&["-t", "mangle", "-A", "FORWARD", "-j", FORWARD_CHAIN]);
     let pair = ["-s", POOL, "-d", POOL, "-j", "DROP"];
     iptables(&[&["-t", "mangle", "-I", FORWARD_CHAIN, "1"][..], &pair].concat());
+    drop(lock);
     let repaired = install("iptables", POOL).await.expect("install");
     assert_firewall_in_place();
     eprintln!("firewall rules: {:#?}", repaired.rules);
