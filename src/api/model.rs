@@ -28,7 +28,8 @@ use crate::error::ApiError;
     "sessionMode": "shared"
 }))]
 pub struct CreateDeploymentRequest {
-    /// Docker image; used when present locally, pulled otherwise.
+    /// Docker image; used when present locally, pulled otherwise. Its name (before the tag or
+    /// digest) is at most 255 characters, Docker's limit.
     #[schema(
         example = "mcp/everything:latest",
         min_length = 1,
@@ -294,6 +295,8 @@ pub const MAX_ENV_BYTES: usize = 256 * 1024;
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest image reference.
 pub const MAX_IMAGE_LEN: usize = 512;
+/// Longest image name without its tag or digest (Docker's limit).
+pub const MAX_IMAGE_NAME_LEN: usize = 255;
 /// Longest transport endpoint URL.
 pub const MAX_ENDPOINT_LEN: usize = 2048;
 
@@ -367,6 +370,20 @@ fn validate_image(image: &str) -> Result<String, ApiError> {
         return Err(ApiError::field(
             "image",
             "image is not a valid image reference (e.g. `registry/name:tag`)",
+        ));
+    }
+    // Docker's own limit on the name (registry and path, without tag or digest).
+    let name = image.split('@').next().unwrap_or(image);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let name = name[last_slash..]
+        .rfind(':')
+        .map_or(name, |i| &name[..last_slash + i]);
+    if name.len() > MAX_IMAGE_NAME_LEN {
+        return Err(ApiError::field(
+            "image",
+            format!(
+                "the image name (before its tag or digest) must be at most {MAX_IMAGE_NAME_LEN} characters"
+            ),
         ));
     }
     Ok(image.to_owned())
@@ -571,6 +588,27 @@ mod tests {
                 validate_image(image).is_ok(),
                 "{image:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_image_name_longer_than_dockers_limit_is_refused() {
+        let name = "a".repeat(MAX_IMAGE_NAME_LEN);
+        assert!(validate_image(&name).is_ok());
+        assert!(validate_image(&format!("{name}:{}", "t".repeat(128))).is_ok());
+        assert!(validate_image(&format!("registry:5000/{}", "b".repeat(241))).is_ok());
+        for image in [
+            "a".repeat(MAX_IMAGE_NAME_LEN + 1),
+            "0".repeat(512),
+            format!("registry:5000/{}:v1", "b".repeat(242)),
+        ] {
+            match validate_image(&image) {
+                Err(ApiError::BadRequest { field, message }) => {
+                    assert_eq!(field.as_deref(), Some("image"));
+                    assert!(message.contains("255"), "{message}");
+                }
+                other => panic!("{image}: {other:?}"),
+            }
         }
     }
 

@@ -123,9 +123,12 @@ impl Runtime {
     }
 }
 
+/// A failed pull; `status` is the HTTP status of Docker's answer when it refused at once. A
+/// 400 is a reference Docker cannot use (its grammar has more rules than the API checks, e.g.
+/// "repository name must not be more than 255 characters"): the image field is wrong.
 fn pull_error(image: &str, reason: String, status: Option<u16>) -> RuntimeError {
     let lower = reason.to_ascii_lowercase();
-    let not_found = status == Some(404)
+    let not_found = matches!(status, Some(400 | 404))
         || lower.contains("not found")
         || lower.contains("does not exist")
         || lower.contains("pull access denied")
@@ -152,7 +155,35 @@ fn split_tag(image: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_tag;
+    use super::{pull_error, split_tag};
+    use crate::runtime::FailureKind;
+
+    #[test]
+    fn a_reference_docker_refuses_is_the_clients_error() {
+        let too_long = "repository name must not be more than 255 characters".to_owned();
+        assert_eq!(
+            pull_error("x", too_long.clone(), Some(400)).kind(),
+            FailureKind::NotFound
+        );
+        assert_eq!(
+            pull_error("x", "manifest unknown".into(), Some(404)).kind(),
+            FailureKind::NotFound
+        );
+        // A registry that fails is not the client's fault.
+        assert_eq!(
+            pull_error(
+                "x",
+                "received unexpected HTTP status: 500".into(),
+                Some(500)
+            )
+            .kind(),
+            FailureKind::Rejected
+        );
+        assert_eq!(
+            pull_error("x", "connection refused".into(), None).kind(),
+            FailureKind::Rejected
+        );
+    }
 
     #[test]
     fn tags_and_registries_with_ports() {

@@ -55,6 +55,13 @@ async fn every_validation_rule_is_a_400_naming_the_field() {
         (stdio(json!({"maxMemory": 5})), "maxMemory"),
         (stdio(json!({"maxMemory": 31})), "maxMemory"),
         (stdio(json!({"image": "NaN"})), "image"),
+        // Longer than Docker's 255 for a name (found by the API fuzzer: it was a 502).
+        (stdio(json!({"image": "0".repeat(512)})), "image"),
+        // A tag longer than Docker's 128: Docker refuses the reference.
+        (
+            stdio(json!({"image": format!("x:{}", "t".repeat(200))})),
+            "image",
+        ),
         (stdio(json!({"maxMemory": 1_000_000})), "maxMemory"),
         (stdio(json!({"maxMemory": "lots"})), "maxMemory"),
         (stdio(json!({"maxCpus": 0.01})), "maxCpus"),
