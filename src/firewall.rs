@@ -66,6 +66,9 @@ const FORWARD: &str = "FORWARD";
 const FILTER: &str = "filter";
 const MANGLE: &str = "mangle";
 
+/// mcp-runner's own chains with their tables, in the order they are installed.
+const OWN_CHAINS: [(&str, &str); 2] = [(FILTER, CHAIN), (MANGLE, FORWARD_CHAIN)];
+
 /// Held across processes (mcp-runner instances, `setup.sh`) while the rules are edited: the
 /// edits read the rules, then change them by position.
 pub const LOCK_FILE: &str = "/run/mcp-runner-firewall.lock";
@@ -198,7 +201,7 @@ pub async fn install(iptables: &str, pool: &str) -> Result<Installed, FirewallEr
     let mut changed = false;
     // The host's protection first and whole: a host whose iptables has no mangle table
     // (a legacy backend without the module, in a container that cannot load it) keeps it.
-    for (table, chain) in [(FILTER, CHAIN), (MANGLE, FORWARD_CHAIN)] {
+    for (table, chain) in OWN_CHAINS {
         let ipt = Iptables(iptables, table);
         changed |= ipt.ensure_chain(chain).await?;
         for rule in wanted.iter().filter(|r| r.table == table) {
@@ -208,7 +211,12 @@ pub async fn install(iptables: &str, pool: &str) -> Result<Installed, FirewallEr
         }
     }
     let mut rules = Vec::new();
-    for (table, chain, prefix) in [(FILTER, CHAIN, ""), (MANGLE, FORWARD_CHAIN, "-t mangle ")] {
+    for (table, chain) in OWN_CHAINS {
+        let prefix = if table == FILTER {
+            String::new()
+        } else {
+            format!("-t {table} ")
+        };
         let listed = Iptables(iptables, table).list(chain).await?;
         rules.extend(
             listed

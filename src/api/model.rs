@@ -373,11 +373,7 @@ fn validate_image(image: &str) -> Result<String, ApiError> {
         ));
     }
     // Docker's own limit on the name (registry and path, without tag or digest).
-    let name = image.split('@').next().unwrap_or(image);
-    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-    let name = name[last_slash..]
-        .rfind(':')
-        .map_or(name, |i| &name[..last_slash + i]);
+    let (name, _tag) = crate::runtime::split_tag(image.split('@').next().unwrap_or(image));
     if name.len() > MAX_IMAGE_NAME_LEN {
         return Err(ApiError::field(
             "image",

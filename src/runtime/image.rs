@@ -142,7 +142,7 @@ fn pull_error(image: &str, reason: String, status: Option<u16>) -> RuntimeError 
 
 /// Splits `repo[:tag][@digest]` into what the pull endpoint wants: a digest stays in the
 /// image part; a missing tag means `latest`.
-fn split_tag(image: &str) -> (&str, &str) {
+pub fn split_tag(image: &str) -> (&str, &str) {
     if image.contains('@') {
         return (image, "");
     }
@@ -162,7 +162,7 @@ mod tests {
     fn a_reference_docker_refuses_is_the_clients_error() {
         let too_long = "repository name must not be more than 255 characters".to_owned();
         assert_eq!(
-            pull_error("x", too_long.clone(), Some(400)).kind(),
+            pull_error("x", too_long, Some(400)).kind(),
             FailureKind::NotFound
         );
         assert_eq!(

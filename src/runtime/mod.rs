@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::metrics::{DockerLabels, METRICS};
 
 pub use attach::Attached;
-pub use image::KeyedLocks;
+pub use image::{KeyedLocks, split_tag};
 pub use netns::holder_network_mode;
 use netns::joined_namespace;
 pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
