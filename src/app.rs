@@ -388,13 +388,40 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
     )
 }
 
+/// Where the OpenAPI document is served.
+const OPENAPI_PATH: &str = "/api/openapi.json";
+
+/// The API's JSON errors for the Swagger UI's routes. They serve `/api/{*file}`, so without
+/// this a mistyped API path would get the UI's empty 404, or a 405 for another method.
+async fn swagger_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let response = next.run(request).await;
+    let own_route = matches!(uri.path(), "/api" | "/api/" | OPENAPI_PATH);
+    match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED if own_route => {
+            let mut answer = wrong_method(method, uri).await;
+            if let Some(allow) = response.headers().get(axum::http::header::ALLOW) {
+                answer
+                    .headers_mut()
+                    .insert(axum::http::header::ALLOW, allow.clone());
+            }
+            answer
+        }
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => no_route(method, uri).await,
+        _ => response,
+    }
+}
+
 /// The whole router: API, Swagger UI, body limit, tracing and panic safety.
 fn router(state: AppState, mcp_max_body: usize) -> Router {
     let (api, doc) = crate::api::router(state.clone());
+    let swagger = Router::new()
+        .merge(SwaggerUi::new("/api").url(OPENAPI_PATH, doc))
+        .layer(axum::middleware::from_fn(swagger_errors));
     api.merge(crate::bridge::front::routes(mcp_max_body))
         .with_state(state)
-        .merge(SwaggerUi::new("/api").url("/api/openapi.json", doc))
         .method_not_allowed_fallback(wrong_method)
+        .merge(swagger)
         .fallback(no_route)
         .layer(axum::middleware::from_fn(crate::api::count_http))
         .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))

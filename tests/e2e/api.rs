@@ -177,7 +177,14 @@ async fn unknown_deployment_is_404_with_the_contract_body() {
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_are_json_errors() {
     let app = TestApp::spawn().await;
-    for (method, path) in [(Method::GET, "/nope"), (Method::POST, "/mcp-server")] {
+    // Swagger UI serves `/api/{*file}`: a mistyped API path is still the API's 404.
+    for (method, path) in [
+        (Method::GET, "/nope"),
+        (Method::POST, "/mcp-server"),
+        (Method::GET, "/api/nope"),
+        (Method::POST, "/api/deployments"),
+        (Method::DELETE, "/api/deployment/dp_x/extra"),
+    ] {
         let resp = app.authed(method, path).send().await.expect("send");
         let (status, body) = json_of(resp).await;
         assert_error_body(status, &body, 404);
@@ -188,6 +195,8 @@ async fn unknown_routes_and_wrong_methods_are_json_errors() {
     }
     for (method, path, allow) in [
         (Method::PUT, "/api/deployment", "POST"),
+        (Method::POST, "/api/openapi.json", "GET"),
+        (Method::POST, "/api/", "GET"),
         (Method::DELETE, "/healthz", "GET"),
         (Method::POST, "/metrics", "GET"),
     ] {
