@@ -147,7 +147,8 @@ async fn delete_deployment(
 ///
 /// What the server wrote to stderr (the last 64 KiB are kept, also across restarts of the
 /// process and of mcp-runner), cut to the last `tail` lines when asked. Protocol traffic is
-/// never in it.
+/// never in it. For an isolated deployment it holds what its sessions' containers wrote,
+/// each line starting with `[session <first 8 characters of the session id>] `.
 #[utoipa::path(
     get,
     path = "/api/deployment/{id}/logs",

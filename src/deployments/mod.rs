@@ -822,8 +822,19 @@ impl Deployments {
         }
         .await;
         match started {
-            Ok(attached) => {
+            Ok(mut attached) => {
                 tracing::info!(deployment.id = %d.id, session.id = %session_id, "session container started");
+                // Its stderr joins the deployment's tail: from the attach connection for a
+                // stdio server (the hub reads only stdout), from Docker's log otherwise.
+                let stderr = match &mut attached {
+                    Some(a) => {
+                        std::mem::replace(&mut a.stderr, futures_util::stream::empty().boxed())
+                    }
+                    None => rt.follow_stderr(&container, 0).boxed(),
+                };
+                self.inner
+                    .stderr
+                    .follow_session(&d.id, session_id, &d.stderr, stderr);
                 Ok((container, attached))
             }
             Err(e) => {

@@ -1,6 +1,7 @@
 //! The stderr of running deployments: one follower task per running container keeps the last
 //! 64 KiB in memory and saves it to the row at most once per second (the peer appended every
-//! chunk to the row, without bound).
+//! chunk to the row, without bound). The session containers of an isolated deployment feed
+//! one tail of the deployment, each line marked with its session.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,13 @@ use crate::store::Store;
 
 /// How often a changed tail is written to the database.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// A session container's line longer than this is cut into marked pieces, so that one
+/// session's endless line cannot hold back the others' in a shared tail.
+const MAX_SESSION_LINE: usize = 4096;
+
+/// Characters of a session id in the mark of its stderr lines.
+const SESSION_MARK_LEN: usize = 8;
 
 /// The last `limit` bytes of a byte stream.
 #[derive(Debug)]
@@ -75,10 +83,19 @@ struct Follower {
     cancel: CancellationToken,
 }
 
+/// The tail that the session containers of one isolated deployment share.
+struct SessionTail {
+    tail: Shared,
+    /// Session streams still feeding it.
+    streams: usize,
+}
+
 /// The follower tasks, by deployment id.
 #[derive(Clone)]
 pub struct StderrHub {
     followers: Arc<Mutex<HashMap<String, Follower>>>,
+    /// Isolated deployments with session containers running, by deployment id.
+    sessions: Arc<Mutex<HashMap<String, SessionTail>>>,
     store: Store,
     runtime: Runtime,
     tracker: TaskTracker,
@@ -95,6 +112,7 @@ impl StderrHub {
     ) -> Self {
         StderrHub {
             followers: Arc::default(),
+            sessions: Arc::default(),
             store,
             runtime,
             tracker,
@@ -135,7 +153,7 @@ impl StderrHub {
         let task = FollowTask {
             hub: self.clone(),
             deployment_id: deployment_id.to_owned(),
-            container_id: container_id.to_owned(),
+            source: Source::Container(container_id.to_owned()),
             tail,
             cancel,
         };
@@ -147,10 +165,48 @@ impl StderrHub {
         self.tracker.spawn(task.run(stream).instrument(span));
     }
 
-    /// The live tail of a followed deployment.
+    /// Adds `stream`, the stderr of the container of session `session_id` of an isolated
+    /// deployment, to the deployment's tail (which starts from `initial` when no other
+    /// session feeds it). Each line is marked `[session <first 8 characters of its id>] `.
+    /// The stream ends when the container goes; the tail is saved then.
+    pub fn follow_session(
+        &self,
+        deployment_id: &str,
+        session_id: &str,
+        initial: &str,
+        stream: BoxStream<'static, Result<Bytes, RuntimeError>>,
+    ) {
+        let tail = {
+            let mut sessions = lock(&self.sessions);
+            let entry = sessions
+                .entry(deployment_id.to_owned())
+                .or_insert_with(|| SessionTail {
+                    tail: Arc::new(Mutex::new(Tail::new(initial, STDERR_LIMIT))),
+                    streams: 0,
+                });
+            entry.streams += 1;
+            entry.tail.clone()
+        };
+        let mark = session_id.get(..SESSION_MARK_LEN).unwrap_or(session_id);
+        let task = FollowTask {
+            hub: self.clone(),
+            deployment_id: deployment_id.to_owned(),
+            source: Source::Session(LineMarker::new(format!("[session {mark}] "))),
+            tail,
+            cancel: self.root.child_token(),
+        };
+        let span =
+            tracing::info_span!("stderr", deployment.id = %deployment_id, session.id = %mark);
+        self.tracker.spawn(task.run(stream).instrument(span));
+    }
+
+    /// The live tail of a followed deployment (or of an isolated one's sessions).
     pub fn snapshot(&self, deployment_id: &str) -> Option<String> {
-        let followers = lock(&self.followers);
-        followers.get(deployment_id).map(|f| lock(&f.tail).text())
+        if let Some(f) = lock(&self.followers).get(deployment_id) {
+            return Some(lock(&f.tail).text());
+        }
+        let sessions = lock(&self.sessions);
+        sessions.get(deployment_id).map(|s| lock(&s.tail).text())
     }
 
     /// Whether a follower runs for the deployment (its container runs).
@@ -175,6 +231,70 @@ impl StderrHub {
             followers.remove(deployment_id);
         }
     }
+
+    /// A session stream ended (its tail saved): the last one removes the shared tail.
+    fn session_finished(&self, deployment_id: &str) {
+        let mut sessions = lock(&self.sessions);
+        if let Some(entry) = sessions.get_mut(deployment_id) {
+            entry.streams -= 1;
+            if entry.streams == 0 {
+                sessions.remove(deployment_id);
+            }
+        }
+    }
+}
+
+/// Cuts a stream into lines and marks each, so that the lines of several streams can share
+/// one tail without mixing inside a line.
+struct LineMarker {
+    mark: String,
+    /// The start of a line whose end has not come yet.
+    partial: Vec<u8>,
+}
+
+impl LineMarker {
+    fn new(mark: String) -> LineMarker {
+        LineMarker {
+            mark,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Pushes the complete lines of `bytes` (and pieces of an over-long one) into `tail`;
+    /// keeps the rest for the next call. Whether anything was pushed.
+    fn push(&mut self, tail: &mut Tail, mut bytes: &[u8]) -> bool {
+        let mut pushed = false;
+        while !bytes.is_empty() {
+            let room = MAX_SESSION_LINE - self.partial.len();
+            // A newline right after a full piece still ends that piece.
+            let (take, complete) = match bytes.iter().take(room + 1).position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None if bytes.len() > room => (room, true),
+                None => (bytes.len(), false),
+            };
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if complete {
+                pushed |= self.flush(tail);
+            }
+        }
+        pushed
+    }
+
+    /// Pushes what is kept, as a line of its own.
+    fn flush(&mut self, tail: &mut Tail) -> bool {
+        if self.partial.is_empty() {
+            return false;
+        }
+        if self.partial.last() != Some(&b'\n') {
+            self.partial.push(b'\n');
+        }
+        let mut line = Vec::with_capacity(self.mark.len() + self.partial.len());
+        line.extend_from_slice(self.mark.as_bytes());
+        line.append(&mut self.partial);
+        tail.push(&line);
+        true
+    }
 }
 
 /// A poisoned lock only means another thread panicked mid-update of a byte buffer; the data
@@ -183,16 +303,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whose stderr a task follows.
+enum Source {
+    /// The deployment's own container: its stream's end means it stopped.
+    Container(String),
+    /// A session container of an isolated deployment, sharing the deployment's tail.
+    Session(LineMarker),
+}
+
 struct FollowTask {
     hub: StderrHub,
     deployment_id: String,
-    container_id: String,
+    source: Source,
     tail: Shared,
     cancel: CancellationToken,
 }
 
 impl FollowTask {
-    async fn run(self, mut stream: BoxStream<'static, Result<Bytes, RuntimeError>>) {
+    async fn run(mut self, mut stream: BoxStream<'static, Result<Bytes, RuntimeError>>) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut dirty = false;
@@ -201,8 +329,14 @@ impl FollowTask {
                 () = self.cancel.cancelled() => break false,
                 item = stream.next() => match item {
                     Some(Ok(bytes)) => {
-                        lock(&self.tail).push(&bytes);
-                        dirty = true;
+                        let mut tail = lock(&self.tail);
+                        dirty |= match &mut self.source {
+                            Source::Container(_) => {
+                                tail.push(&bytes);
+                                true
+                            }
+                            Source::Session(marker) => marker.push(&mut tail, &bytes),
+                        };
                     }
                     Some(Err(e)) => {
                         tracing::warn!(deployment.id = %self.deployment_id, error = %e, "stderr stream failed");
@@ -218,13 +352,21 @@ impl FollowTask {
                 }
             }
         };
+        if let Source::Session(marker) = &mut self.source {
+            dirty |= marker.flush(&mut lock(&self.tail));
+        }
         if dirty {
             self.save().await;
         }
-        if ended {
-            self.container_ended().await;
+        match &self.source {
+            Source::Container(container_id) => {
+                if ended {
+                    self.container_ended(container_id).await;
+                }
+                self.hub.finished(&self.deployment_id, &self.tail);
+            }
+            Source::Session(_) => self.hub.session_finished(&self.deployment_id),
         }
-        self.hub.finished(&self.deployment_id, &self.tail);
     }
 
     async fn save(&self) {
@@ -235,8 +377,8 @@ impl FollowTask {
     }
 
     /// The log stream ends when the container stops: record it as stopped.
-    async fn container_ended(&self) {
-        match self.hub.runtime.container_state(&self.container_id).await {
+    async fn container_ended(&self, container_id: &str) {
+        match self.hub.runtime.container_state(container_id).await {
             Ok(Some(state)) if !state.running => {
                 let reason = if state.oom_killed {
                     "oom_killed"
@@ -293,6 +435,49 @@ mod tests {
     fn starts_from_the_saved_text_and_trims_it() {
         let t = Tail::new("0123456789", 4);
         assert_eq!(t.text(), "6789");
+    }
+
+    /// Pushes `chunks` through a marker into a fresh tail; returns the tail's text.
+    fn marked(marker: &mut LineMarker, chunks: &[&[u8]]) -> String {
+        let mut t = Tail::new("", 1 << 20);
+        for chunk in chunks {
+            marker.push(&mut t, chunk);
+        }
+        t.text()
+    }
+
+    #[test]
+    fn session_lines_are_marked_whatever_the_chunking() {
+        let text = b"first line\nsecond\nthird, unfinished";
+        for cut in 0..text.len() {
+            let mut m = LineMarker::new("[s] ".into());
+            let (a, b) = text.split_at(cut);
+            assert_eq!(
+                marked(&mut m, &[a, b]),
+                "[s] first line\n[s] second\n",
+                "cut at {cut}"
+            );
+            let mut t = Tail::new("", 1 << 20);
+            assert!(m.flush(&mut t), "the unfinished line is kept");
+            assert_eq!(t.text(), "[s] third, unfinished\n");
+            assert!(!m.flush(&mut t), "and pushed once");
+        }
+    }
+
+    #[test]
+    fn an_endless_session_line_is_cut_into_marked_pieces() {
+        let mut m = LineMarker::new("[s] ".into());
+        let long = vec![b'x'; MAX_SESSION_LINE * 2 + 10];
+        let text = marked(&mut m, &[&long, b"\n"]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "two full pieces and the rest");
+        assert!(lines.iter().all(|l| l.starts_with("[s] x")));
+        assert_eq!(lines[0].len(), 4 + MAX_SESSION_LINE);
+        assert_eq!(lines[1].len(), 4 + MAX_SESSION_LINE);
+        assert_eq!(lines[2].len(), 4 + 10);
+        // A line of exactly the limit is one line, not a piece and an empty line.
+        let exact = [vec![b'y'; MAX_SESSION_LINE], b"\n".to_vec()].concat();
+        assert_eq!(marked(&mut m, &[&exact]).lines().count(), 1);
     }
 
     #[test]

@@ -675,6 +675,46 @@ async fn isolated_mode_gives_each_session_its_own_container() {
         assert_eq!(wa["uid"], d["uid"], "{name}: the deployment's user");
         assert_eq!(wb["uid"], d["uid"], "{name}: the deployment's user");
 
+        // Both containers' stderr reaches the deployment's logs, each line marked with its
+        // session.
+        for client in [&a, &b] {
+            client
+                .call("stderr", json!({"kb": 1}))
+                .await
+                .expect("stderr tool");
+        }
+        let marks = |stderr: &str| -> Vec<String> {
+            let mut marks: Vec<String> = stderr
+                .lines()
+                .filter(|l| l.contains("stderr line 1 "))
+                .map(|l| l.split("] ").next().unwrap_or_default().to_owned())
+                .collect();
+            marks.sort();
+            marks
+        };
+        let logs = |app: &TestApp, id: String| {
+            let req = app.authed(
+                reqwest::Method::GET,
+                &format!("/api/deployment/{id}/logs?tail=50"),
+            );
+            async move {
+                let (status, body) = crate::support::json_of(req.send().await.ok()?).await;
+                (status == 200).then(|| body["stderr"].as_str().unwrap_or_default().to_owned())
+            }
+        };
+        let seen = eventually(
+            &format!("{name}: both sessions' stderr in the logs"),
+            Duration::from_secs(10),
+            || async { logs(&app, id.clone()).await.filter(|s| marks(s).len() == 2) },
+        )
+        .await;
+        let marks_seen = marks(&seen);
+        assert!(
+            marks_seen.iter().all(|m| m.starts_with("[session ")),
+            "{name}: {seen}"
+        );
+        assert_ne!(marks_seen[0], marks_seen[1], "{name}: two sessions");
+
         a.close().await;
         eventually(
             &format!("{name}: first session's container removed"),
@@ -693,6 +733,16 @@ async fn isolated_mode_gives_each_session_its_own_container() {
             &format!("{name}: second session's container removed"),
             Duration::from_secs(20),
             || async { session_containers(&id).is_empty().then_some(()) },
+        )
+        .await;
+        // What they wrote outlives them.
+        eventually(
+            &format!("{name}: the sessions' stderr kept after they ended"),
+            Duration::from_secs(10),
+            || async {
+                let kept = logs(&app, id.clone()).await?;
+                (marks(&kept) == marks_seen).then_some(())
+            },
         )
         .await;
         assert_eq!(app.delete(&id).await.0, 200);
