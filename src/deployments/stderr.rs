@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,6 +22,10 @@ use crate::store::Store;
 /// How often a changed tail is written to the database.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// A save this soon after the last one of the same tail waits for the next tick (a little
+/// under `FLUSH_EVERY`, so that ticks a second apart are not skipped for jitter).
+const SAVE_GAP: Duration = Duration::from_millis(900);
+
 /// A session container's line longer than this is cut into marked pieces, so that one
 /// session's endless line cannot hold back the others' in a shared tail.
 const MAX_SESSION_LINE: usize = 4096;
@@ -34,6 +38,8 @@ const SESSION_MARK_LEN: usize = 8;
 pub struct Tail {
     buf: VecDeque<u8>,
     limit: usize,
+    /// Counts the pushes: tells a saver whether the text changed since it last looked.
+    version: u64,
 }
 
 impl Tail {
@@ -42,6 +48,7 @@ impl Tail {
         let mut tail = Tail {
             buf: VecDeque::with_capacity(initial.len().min(limit)),
             limit,
+            version: 0,
         };
         tail.push(initial.as_bytes());
         tail
@@ -49,6 +56,10 @@ impl Tail {
 
     /// Appends bytes, dropping the oldest beyond the limit.
     pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.version += 1;
         let bytes = if bytes.len() > self.limit {
             &bytes[bytes.len() - self.limit..]
         } else {
@@ -78,23 +89,47 @@ impl Tail {
 
 type Shared = Arc<Mutex<Tail>>;
 
+/// What was last written to the row from one tail. Its lock serialises the saves of the
+/// tasks that share the tail, so that the row never goes back to an older text.
+#[derive(Default)]
+struct Saved {
+    version: u64,
+    at: Option<Instant>,
+}
+
+type SharedSaved = Arc<tokio::sync::Mutex<Saved>>;
+
+/// A tail with the record of its saves.
+fn new_tail(initial: &str) -> (Shared, SharedSaved) {
+    let tail = Tail::new(initial, STDERR_LIMIT);
+    let saved = Saved {
+        version: tail.version,
+        at: None,
+    };
+    (
+        Arc::new(Mutex::new(tail)),
+        Arc::new(tokio::sync::Mutex::new(saved)),
+    )
+}
+
 struct Follower {
     tail: Shared,
     cancel: CancellationToken,
 }
 
-/// The tail that the session containers of one isolated deployment share.
+/// The tail that the session containers of one isolated deployment share. It stays until
+/// the deployment is paused or deleted, so that a session starting just after another
+/// ended builds on its lines rather than on an older copy of the row.
 struct SessionTail {
     tail: Shared,
-    /// Session streams still feeding it.
-    streams: usize,
+    saved: SharedSaved,
 }
 
 /// The follower tasks, by deployment id.
 #[derive(Clone)]
 pub struct StderrHub {
     followers: Arc<Mutex<HashMap<String, Follower>>>,
-    /// Isolated deployments with session containers running, by deployment id.
+    /// Isolated deployments whose session containers ran since the last pause, by id.
     sessions: Arc<Mutex<HashMap<String, SessionTail>>>,
     store: Store,
     runtime: Runtime,
@@ -138,7 +173,7 @@ impl StderrHub {
         initial: &str,
         stream: BoxStream<'static, Result<Bytes, RuntimeError>>,
     ) {
-        let tail: Shared = Arc::new(Mutex::new(Tail::new(initial, STDERR_LIMIT)));
+        let (tail, saved) = new_tail(initial);
         let cancel = self.root.child_token();
         let old = lock(&self.followers).insert(
             deployment_id.to_owned(),
@@ -155,6 +190,7 @@ impl StderrHub {
             deployment_id: deployment_id.to_owned(),
             source: Source::Container(container_id.to_owned()),
             tail,
+            saved,
             cancel,
         };
         let span = tracing::info_span!(
@@ -167,8 +203,9 @@ impl StderrHub {
 
     /// Adds `stream`, the stderr of the container of session `session_id` of an isolated
     /// deployment, to the deployment's tail (which starts from `initial` when no other
-    /// session feeds it). Each line is marked `[session <first 8 characters of its id>] `.
-    /// The stream ends when the container goes; the tail is saved then.
+    /// session fed it since the last pause). Each line is marked `[session <first 8
+    /// characters of its id>] `. The tail is saved when the stream ends (the session or its
+    /// container ended).
     pub fn follow_session(
         &self,
         deployment_id: &str,
@@ -176,16 +213,13 @@ impl StderrHub {
         initial: &str,
         stream: BoxStream<'static, Result<Bytes, RuntimeError>>,
     ) {
-        let tail = {
+        let (tail, saved) = {
             let mut sessions = lock(&self.sessions);
-            let entry = sessions
-                .entry(deployment_id.to_owned())
-                .or_insert_with(|| SessionTail {
-                    tail: Arc::new(Mutex::new(Tail::new(initial, STDERR_LIMIT))),
-                    streams: 0,
-                });
-            entry.streams += 1;
-            entry.tail.clone()
+            let entry = sessions.entry(deployment_id.to_owned()).or_insert_with(|| {
+                let (tail, saved) = new_tail(initial);
+                SessionTail { tail, saved }
+            });
+            (entry.tail.clone(), entry.saved.clone())
         };
         let mark = session_id.get(..SESSION_MARK_LEN).unwrap_or(session_id);
         let task = FollowTask {
@@ -193,6 +227,7 @@ impl StderrHub {
             deployment_id: deployment_id.to_owned(),
             source: Source::Session(LineMarker::new(format!("[session {mark}] "))),
             tail,
+            saved,
             cancel: self.root.child_token(),
         };
         let span =
@@ -214,11 +249,13 @@ impl StderrHub {
         lock(&self.followers).contains_key(deployment_id)
     }
 
-    /// Stops following a deployment (its task saves the tail one last time).
+    /// Stops following a deployment (its task saves the tail one last time) and forgets the
+    /// tail of its sessions (their tasks end with their containers, and save as they go).
     pub fn stop(&self, deployment_id: &str) {
         if let Some(f) = lock(&self.followers).remove(deployment_id) {
             f.cancel.cancel();
         }
+        lock(&self.sessions).remove(deployment_id);
     }
 
     /// Removes the entry of a finished task, unless a newer follower replaced it.
@@ -229,17 +266,6 @@ impl StderrHub {
             .is_some_and(|f| Arc::ptr_eq(&f.tail, tail))
         {
             followers.remove(deployment_id);
-        }
-    }
-
-    /// A session stream ended (its tail saved): the last one removes the shared tail.
-    fn session_finished(&self, deployment_id: &str) {
-        let mut sessions = lock(&self.sessions);
-        if let Some(entry) = sessions.get_mut(deployment_id) {
-            entry.streams -= 1;
-            if entry.streams == 0 {
-                sessions.remove(deployment_id);
-            }
         }
     }
 }
@@ -261,24 +287,22 @@ impl LineMarker {
     }
 
     /// Pushes the complete lines of `bytes` (and pieces of an over-long one) into `tail`;
-    /// keeps the rest for the next call. Whether anything was pushed.
-    fn push(&mut self, tail: &mut Tail, mut bytes: &[u8]) -> bool {
-        let mut pushed = false;
+    /// keeps the rest for the next call.
+    fn push(&mut self, tail: &mut Tail, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let room = MAX_SESSION_LINE - self.partial.len();
             // A newline right after a full piece still ends that piece.
             let (take, complete) = match bytes.iter().take(room + 1).position(|b| *b == b'\n') {
                 Some(i) => (i + 1, true),
-                None if bytes.len() > room => (room, true),
+                None if bytes.len() > room => (char_boundary(bytes, room), true),
                 None => (bytes.len(), false),
             };
             self.partial.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if complete {
-                pushed |= self.flush(tail);
+                self.flush(tail);
             }
         }
-        pushed
     }
 
     /// Pushes what is kept, as a line of its own.
@@ -303,6 +327,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `at`, or the start of the UTF-8 character `at` falls in (when that leaves something
+/// before it), so that a cut does not split a character.
+fn char_boundary(bytes: &[u8], at: usize) -> usize {
+    let back = bytes[..=at]
+        .iter()
+        .rev()
+        .take(4)
+        .take_while(|b| (**b & 0xC0) == 0x80)
+        .count();
+    if back < at && bytes.get(at).is_some_and(|b| (b & 0xC0) == 0x80) {
+        at - back
+    } else {
+        at
+    }
+}
+
 /// Whose stderr a task follows.
 enum Source {
     /// The deployment's own container: its stream's end means it stopped.
@@ -316,6 +356,7 @@ struct FollowTask {
     deployment_id: String,
     source: Source,
     tail: Shared,
+    saved: SharedSaved,
     cancel: CancellationToken,
 }
 
@@ -323,20 +364,16 @@ impl FollowTask {
     async fn run(mut self, mut stream: BoxStream<'static, Result<Bytes, RuntimeError>>) {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut dirty = false;
         let ended = loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break false,
                 item = stream.next() => match item {
                     Some(Ok(bytes)) => {
                         let mut tail = lock(&self.tail);
-                        dirty |= match &mut self.source {
-                            Source::Container(_) => {
-                                tail.push(&bytes);
-                                true
-                            }
+                        match &mut self.source {
+                            Source::Container(_) => tail.push(&bytes),
                             Source::Session(marker) => marker.push(&mut tail, &bytes),
-                        };
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(deployment.id = %self.deployment_id, error = %e, "stderr stream failed");
@@ -345,34 +382,51 @@ impl FollowTask {
                     None => break true,
                 },
                 _ = flush.tick() => {
-                    if dirty {
-                        self.save().await;
-                        dirty = false;
-                    }
+                    // A line still unfinished after a tick is shown as far as it came.
+                    self.flush_partial();
+                    self.save(false).await;
                 }
             }
         };
-        if let Source::Session(marker) = &mut self.source {
-            dirty |= marker.flush(&mut lock(&self.tail));
-        }
-        if dirty {
-            self.save().await;
-        }
-        match &self.source {
-            Source::Container(container_id) => {
-                if ended {
-                    self.container_ended(container_id).await;
-                }
-                self.hub.finished(&self.deployment_id, &self.tail);
+        self.flush_partial();
+        self.save(true).await;
+        if let Source::Container(container_id) = &self.source {
+            if ended {
+                self.container_ended(container_id).await;
             }
-            Source::Session(_) => self.hub.session_finished(&self.deployment_id),
+            self.hub.finished(&self.deployment_id, &self.tail);
         }
     }
 
-    async fn save(&self) {
-        let text = lock(&self.tail).text();
-        if let Err(e) = self.hub.store.set_stderr(&self.deployment_id, &text).await {
-            tracing::warn!(deployment.id = %self.deployment_id, error = %e, "cannot save stderr");
+    fn flush_partial(&mut self) {
+        if let Source::Session(marker) = &mut self.source {
+            marker.flush(&mut lock(&self.tail));
+        }
+    }
+
+    /// Writes the tail to the row when it changed since the last save of any task sharing
+    /// it, and (unless `last`) that save is not too recent: at most about once per second
+    /// per deployment, whatever the number of session containers.
+    async fn save(&self, last: bool) {
+        let mut saved = self.saved.lock().await;
+        if !last && saved.at.is_some_and(|at| at.elapsed() < SAVE_GAP) {
+            return;
+        }
+        let (version, text) = {
+            let tail = lock(&self.tail);
+            (tail.version, tail.text())
+        };
+        if version == saved.version {
+            return;
+        }
+        match self.hub.store.set_stderr(&self.deployment_id, &text).await {
+            Ok(_) => {
+                saved.version = version;
+                saved.at = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(deployment.id = %self.deployment_id, error = %e, "cannot save stderr");
+            }
         }
     }
 
@@ -478,6 +532,19 @@ mod tests {
         // A line of exactly the limit is one line, not a piece and an empty line.
         let exact = [vec![b'y'; MAX_SESSION_LINE], b"\n".to_vec()].concat();
         assert_eq!(marked(&mut m, &[&exact]).lines().count(), 1);
+    }
+
+    #[test]
+    fn a_cut_piece_never_ends_inside_a_character() {
+        let mut m = LineMarker::new("[s] ".into());
+        // 'é' is 2 bytes: the limit falls between them.
+        let mut long = vec![b'x'; MAX_SESSION_LINE - 1];
+        long.extend_from_slice("é tail\n".as_bytes());
+        let text = marked(&mut m, &[&long]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(!text.contains('\u{FFFD}'), "no broken character");
+        assert_eq!(lines[1], "[s] é tail");
     }
 
     #[test]
