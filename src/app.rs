@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
@@ -391,11 +392,20 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
 /// Where the OpenAPI document is served.
 const OPENAPI_PATH: &str = "/api/openapi.json";
 
-/// The API's JSON errors for the Swagger UI's routes. They serve `/api/{*file}`, so without
-/// this a mistyped API path would get the UI's empty 404, or a 405 for another method.
-async fn swagger_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Paths that no route serves: Swagger UI's files under `/api/`, or the API's JSON 404.
+///
+/// Swagger UI is reached from here rather than routed, because its routes serve
+/// `/api/{*file}`: a mistyped API path would get its empty 404, or a 405 with an `Allow`
+/// header saying that the path exists.
+async fn swagger_or_no_route(swagger: Router, request: axum::extract::Request) -> Response {
     let (method, uri) = (request.method().clone(), request.uri().clone());
-    let response = next.run(request).await;
+    if uri.path() != "/api" && !uri.path().starts_with("/api/") {
+        return no_route(method, uri).await;
+    }
+    let response = match swagger.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
     let own_route = matches!(uri.path(), "/api" | "/api/" | OPENAPI_PATH);
     match response.status() {
         StatusCode::METHOD_NOT_ALLOWED if own_route => {
@@ -415,14 +425,13 @@ async fn swagger_errors(request: axum::extract::Request, next: axum::middleware:
 /// The whole router: API, Swagger UI, body limit, tracing and panic safety.
 fn router(state: AppState, mcp_max_body: usize) -> Router {
     let (api, doc) = crate::api::router(state.clone());
-    let swagger = Router::new()
-        .merge(SwaggerUi::new("/api").url(OPENAPI_PATH, doc))
-        .layer(axum::middleware::from_fn(swagger_errors));
+    let swagger = Router::new().merge(SwaggerUi::new("/api").url(OPENAPI_PATH, doc));
     api.merge(crate::bridge::front::routes(mcp_max_body))
         .with_state(state)
         .method_not_allowed_fallback(wrong_method)
-        .merge(swagger)
-        .fallback(no_route)
+        .fallback(move |request: axum::extract::Request| {
+            swagger_or_no_route(swagger.clone(), request)
+        })
         .layer(axum::middleware::from_fn(crate::api::count_http))
         .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

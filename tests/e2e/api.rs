@@ -186,6 +186,10 @@ async fn unknown_routes_and_wrong_methods_are_json_errors() {
         (Method::DELETE, "/api/deployment/dp_x/extra"),
     ] {
         let resp = app.authed(method, path).send().await.expect("send");
+        assert!(
+            resp.headers().get("allow").is_none(),
+            "a 404 does not say which methods the path takes: {path}"
+        );
         let (status, body) = json_of(resp).await;
         assert_error_body(status, &body, 404);
         assert!(
