@@ -91,7 +91,6 @@ type Shared = Arc<Mutex<Tail>>;
 
 /// What was last written to the row from one tail. Its lock serialises the saves of the
 /// tasks that share the tail, so that the row never goes back to an older text.
-#[derive(Default)]
 struct Saved {
     version: u64,
     at: Option<Instant>,
@@ -336,11 +335,8 @@ fn char_boundary(bytes: &[u8], at: usize) -> usize {
         .take(4)
         .take_while(|b| (**b & 0xC0) == 0x80)
         .count();
-    if back < at && bytes.get(at).is_some_and(|b| (b & 0xC0) == 0x80) {
-        at - back
-    } else {
-        at
-    }
+    // `back` is 0 unless `at` is inside a character, whose first byte is `back` before it.
+    if back < at { at - back } else { at }
 }
 
 /// Whose stderr a task follows.
