@@ -422,12 +422,15 @@ async fn swagger_or_no_route(swagger: Router, request: axum::extract::Request) -
     }
 }
 
-/// The whole router: API, Swagger UI, body limit, tracing and panic safety.
+/// The whole router: the management API and Swagger UI with their layers (request counts,
+/// Sentry scope, body limit, request spans, panic safety), and the MCP routes with their own
+/// (see `bridge::front::routes`): those carry every client message, so they are not wrapped
+/// in the management API's layers.
 fn router(state: AppState, mcp_max_body: usize) -> Router {
     let (api, doc) = crate::api::router(state.clone());
     let swagger = Router::new().merge(SwaggerUi::new("/api").url(OPENAPI_PATH, doc));
-    api.merge(crate::bridge::front::routes(mcp_max_body))
-        .with_state(state)
+    let api = api
+        .with_state(state.clone())
         .method_not_allowed_fallback(wrong_method)
         .fallback(move |request: axum::extract::Request| {
             swagger_or_no_route(swagger.clone(), request)
@@ -436,25 +439,18 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
         .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                // MCP messages are the hot path, and a span per message is work on every
-                // one of them: there it exists at DEBUG only. The MCP routes log their
-                // failures with method and path themselves (`bridge::front::finish`).
-                if req.uri().path().starts_with("/mcp-server/") {
-                    tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
-                } else {
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-                }
-            })
-            // tower-http's own line for a 5xx, where the span gives it its request; without
-            // the span it would say nothing `finish` has not said with more.
-            .on_failure(
-                |class: ServerErrorsFailureClass, latency: Duration, span: &tracing::Span| {
-                    if !span.is_disabled() {
-                        tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
-                    }
-                },
-            ),
+                })
+                // tower-http's own line for a 5xx, where the span gives it its request.
+                .on_failure(
+                    |class: ServerErrorsFailureClass, latency: Duration, span: &tracing::Span| {
+                        if !span.is_disabled() {
+                            tracing::error!(classification = %class, latency_ms = latency.as_millis(), "response failed");
+                        }
+                    },
+                ),
         )
         .layer(CatchPanicLayer::custom(|_| {
             crate::error::error_response(
@@ -462,5 +458,8 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
                 "Internal server error".to_owned(),
                 None,
             )
-        }))
+        }));
+    crate::bridge::front::routes(mcp_max_body)
+        .with_state(state)
+        .merge(api)
 }

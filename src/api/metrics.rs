@@ -2,7 +2,7 @@
 //! `METRICS_REQUIRE_API_KEY` is set. Also the middleware counting HTTP requests by route.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
@@ -75,27 +75,27 @@ const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OP
 
 /// Counts every HTTP request by route template, method and status.
 pub async fn count_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    // Known methods only: a client must not grow the label set at will.
-    let method = match request.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => METHODS
-            .iter()
-            .find(|k| **k == m)
-            .copied()
-            .unwrap_or("other"),
-        _ => "other",
-    };
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
+    count_request(route.as_ref(), &method, response.status());
+    response
+}
+
+/// Counts one answered request of route `route` (`unmatched` without one).
+pub fn count_request(route: Option<&MatchedPath>, method: &Method, status: StatusCode) {
+    // Known methods only: a client must not grow the label set at will.
+    let method = METHODS
+        .iter()
+        .find(|k| **k == method.as_str())
+        .copied()
+        .unwrap_or("other");
     METRICS
         .http_requests
         .get_or_create(&HttpLabels {
-            route,
+            route: route.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
             method,
-            status: response.status().as_u16(),
+            status: status.as_u16(),
         })
         .inc();
-    response
 }

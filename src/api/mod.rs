@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
-pub use metrics::count_http;
+pub use metrics::{count_http, count_request};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -16,7 +16,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
 
 use super::jsonrpc::{self, Kind, code};
 use super::session::{Front, SseEvent, StreamError, parse_event_id};
@@ -42,9 +44,16 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// come first, or a slower server, start the stream (the priming event included) at once.
 const JSON_IF_ANSWERED_WITHIN: Duration = Duration::from_millis(100);
 
-/// The MCP routes, with their own body limit.
+/// The MCP routes with their own layers: body limit, panic safety with a JSON-RPC error
+/// body, [`finish`] (request counts, failure log lines, no proxy buffering), and the Sentry
+/// scope and a request span only where they can do something: every client message passes
+/// here, and the management API's general-purpose layers would cost each one its work.
 pub fn routes(max_body: usize) -> Router<AppState> {
-    Router::new()
+    let sentry = sentry::Hub::current()
+        .client()
+        .is_some_and(|c| c.is_enabled());
+    let debug = tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG;
+    let routes = Router::new()
         .route(
             "/mcp-server/{id}/mcp",
             post(mcp_post).get(mcp_get).delete(mcp_delete),
@@ -52,8 +61,43 @@ pub fn routes(max_body: usize) -> Router<AppState> {
         .route("/mcp-server/{id}/sse", get(sse_get))
         .route("/mcp-server/{id}/sse/messages", post(sse_post))
         .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(max_body));
+    always_layers(routes)
+        .layer(tower::util::option_layer(
+            sentry.then(|| axum::middleware::from_fn(crate::telemetry::sentry_scope)),
+        ))
+        .layer(tower::util::option_layer(debug.then(|| {
+            tower::ServiceBuilder::new()
+                .map_response(IntoResponse::into_response)
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+                        tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                    }),
+                )
+        })))
+}
+
+/// The layers every MCP route has, inside out: panic safety, then [`finish`].
+fn always_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(finish))
+}
+
+/// A handler that panicked: 500 with a JSON-RPC error body, logged by [`finish`].
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    rpc_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        code::INTERNAL_ERROR,
+        "Internal error",
+    )
+    .logged(true, "an MCP request panicked", what)
+    .into_response()
 }
 
 /// 405 with a JSON-RPC error body (axum adds the `Allow` header).
@@ -65,12 +109,14 @@ async fn wrong_method(method: axum::http::Method) -> Reject {
     )
 }
 
-/// Every MCP answer: nginx must not buffer it (streams above all), and a failure worth a log
-/// line is logged with the request's method and path. The MCP routes are the hot path, so
-/// their request span exists only at DEBUG (see `app::router`) and cannot give that context.
+/// Every MCP answer: counted, marked so that nginx does not buffer it (streams above all),
+/// and logged with the request's method and path when it is a failure worth a line (the
+/// MCP routes have a request span only at DEBUG, which cannot give that context).
 async fn finish(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let mut resp = next.run(request).await;
+    crate::api::count_request(route.as_ref(), &method, resp.status());
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     let path = uri.path();
@@ -771,6 +817,26 @@ mod tests {
     #[derive(Clone, Default)]
     struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
+    impl Captured {
+        /// Captures this thread's log lines at INFO and above until the guard is dropped.
+        fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+            let captured = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer({
+                    let c = captured.clone();
+                    move || c.clone()
+                })
+                .finish();
+            (captured, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("lock").clone()).expect("UTF-8")
+        }
+    }
+
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().expect("lock").extend_from_slice(buf);
@@ -784,16 +850,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_mcp_request_is_logged_with_its_method_and_path() {
         use tower::ServiceExt;
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer({
-                let c = captured.clone();
-                move || c.clone()
-            })
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (captured, _guard) = Captured::start();
         let app: Router = Router::new()
             .route(
                 "/mcp-server/{id}/mcp",
@@ -812,8 +869,8 @@ mod tests {
                         "starting",
                     ))
                 }),
-            )
-            .layer(axum::middleware::from_fn(finish));
+            );
+        let app = always_layers(app);
         let request = axum::http::Request::post("/mcp-server/dp_x/mcp")
             .body(axum::body::Body::empty())
             .expect("request");
@@ -822,7 +879,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()["x-accel-buffering"], "no");
         assert!(resp.extensions().get::<Failure>().is_none());
-        let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        let log = captured.text();
         assert!(log.contains("WARN"), "{log}");
         assert!(log.contains("upstream unavailable"), "{log}");
         assert!(log.contains("method=POST"), "{log}");
@@ -835,7 +892,7 @@ mod tests {
             .expect("request");
         let resp = app.oneshot(request).await.expect("response");
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+        let log = captured.text();
         let line = log
             .lines()
             .find(|l| l.contains("/mcp-server/dp_y/sse"))
@@ -845,5 +902,47 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("method=GET"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_mcp_request_is_a_json_rpc_500_logged_and_counted() {
+        use tower::ServiceExt;
+        let (captured, _guard) = Captured::start();
+        async fn boom() -> Response {
+            panic!("the hub is inconsistent")
+        }
+        let app: Router =
+            always_layers(Router::new().route("/mcp-server/{id}/sse/messages", post(boom)));
+        let request = axum::http::Request::post("/mcp-server/dp_p/sse/messages")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.oneshot(request).await.expect("response");
+
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(body["jsonrpc"], "2.0");
+        assert_eq!(body["error"]["code"], code::INTERNAL_ERROR);
+        let log = captured.text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("an MCP request panicked"))
+            .unwrap_or_else(|| panic!("no line for the panic: {log}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("the hub is inconsistent"), "{line}");
+        assert!(
+            line.contains("path=\"/mcp-server/dp_p/sse/messages\""),
+            "{line}"
+        );
+        let metrics = crate::metrics::METRICS.encode();
+        assert!(
+            metrics.contains(
+                "mcp_runner_http_requests_total{route=\"/mcp-server/{id}/sse/messages\",method=\"POST\",status=\"500\"}"
+            ),
+            "{metrics}"
+        );
     }
 }
