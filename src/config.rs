@@ -132,6 +132,13 @@ pub struct Config {
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
 
+    /// Threads of the async runtime that serves HTTP and drives Docker; 0 = half the host's
+    /// cores, at least one. The sandboxes and dockerd do most of the work of each MCP
+    /// message on the same cores; more runtime threads than mcp-runner's share of the work
+    /// only add wake-ups across cores to every message.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Largest MCP message body accepted by the bridge, in bytes.
     #[arg(long, env = "MCP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub mcp_max_body_bytes: usize,
@@ -241,9 +248,26 @@ fn parse_instance_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// Most runtime worker threads `WORKER_THREADS` may ask for.
+pub const MAX_WORKER_THREADS: usize = 256;
+
 impl Config {
+    /// The runtime's worker threads: `WORKER_THREADS`, or half the host's cores (at least 1).
+    pub fn runtime_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        (cores / 2).max(1)
+    }
+
     /// Checks what clap cannot check field by field. The error is one line for the operator.
     pub fn validate(&self) -> Result<(), String> {
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "WORKER_THREADS must be at most {MAX_WORKER_THREADS} (0 = half the host's cores)"
+            ));
+        }
         if let Some(key) = &self.api_key
             && key.len() < 16
         {
@@ -332,6 +356,18 @@ mod tests {
         assert_eq!(c.dns_servers.len(), 2);
         assert!(c.uid_range.len() >= 50_000);
         c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(parse(&[]).runtime_threads(), (cores / 2).max(1));
+        assert_eq!(parse(&["--worker-threads", "3"]).runtime_threads(), 3);
+        let too_many = (MAX_WORKER_THREADS + 1).to_string();
+        let err = parse(&["--worker-threads", &too_many])
+            .validate()
+            .expect_err("refused");
+        assert!(err.contains("WORKER_THREADS"), "{err}");
     }
 
     #[test]

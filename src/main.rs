@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         eprintln!("mcp-runner: invalid configuration: {message}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads())
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-runner: cannot start the async runtime: {e}");

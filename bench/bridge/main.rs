@@ -22,7 +22,9 @@
 //! of it), `BENCH_ROUNDS` (3 alternating rounds), `BENCH_CONCURRENCY` (`1,8,32`),
 //! `BENCH_PAYLOAD_KB` (`1,64,1024`; empty: none), `BENCH_PAYLOAD_MB` (32 MB per payload
 //! size), `BENCH_ONLY` (`direct` or `bridge`, for profiling), `BENCH_LOG` (log filter to
-//! stderr; without it the server logs at `info`, as by default, into a sink).
+//! stderr; without it the server logs at `info`, as by default, into a sink),
+//! `BENCH_SERVER_THREADS` (the server's runtime threads; by default what mcp-runner starts
+//! with, `WORKER_THREADS`' default).
 
 mod cpu;
 #[allow(dead_code)] // every benchmark uses a part of it
@@ -157,7 +159,11 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
             let t = Instant::now();
             let (c, attached) = DirectContainer::start(&setup::instance_id("d")).await?;
             let c = container.insert(c);
-            let s = RunnerServer::start(&setup::instance_id("s"), cores, &[]).await?;
+            let threads = match std::env::var("BENCH_SERVER_THREADS") {
+                Ok(n) => Some(n.parse().context("BENCH_SERVER_THREADS")?),
+                Err(_) => None,
+            };
+            let s = RunnerServer::start(&setup::instance_id("s"), threads, &[]).await?;
             let s = server.insert(s);
             // The bridge starts it on the first session (attached before the start).
             let created = s.api.create(&fixture_deployment(Some(false))).await?;

@@ -179,8 +179,7 @@ async fn run(opts: Options, cores: usize, recorder: Recorder) -> anyhow::Result<
         let work = async {
             let events = DockerEvents::watch().context("watch Docker's events")?;
             let runtime = setup::direct_runtime(&direct_instance).await?;
-            let s =
-                server.insert(RunnerServer::start(&server_instance, cores, &SERVER_ARGS).await?);
+            let s = server.insert(RunnerServer::start(&server_instance, None, &SERVER_ARGS).await?);
             let bench = Bench {
                 opts: &opts,
                 api: &s.api,

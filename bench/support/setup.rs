@@ -319,10 +319,11 @@ pub const SERVER_THREADS: &str = "mcpr-server";
 
 impl RunnerServer {
     /// Starts the server with `extra_args` (command-line flags) and waits until Docker
-    /// answered and reconciliation finished.
+    /// answered and reconciliation finished. Its runtime has `worker_threads` threads, or as
+    /// many as mcp-runner itself would start (`WORKER_THREADS`' default).
     pub async fn start(
         instance: &str,
-        worker_threads: usize,
+        worker_threads: Option<usize>,
         extra_args: &[&str],
     ) -> anyhow::Result<RunnerServer> {
         let dir = tempfile::tempdir().context("temp dir")?;
@@ -339,6 +340,7 @@ impl RunnerServer {
         args.extend_from_slice(extra_args);
         let config = Config::try_parse_from(args).context("server configuration")?;
         config.validate().map_err(|e| anyhow!(e))?;
+        let worker_threads = worker_threads.unwrap_or_else(|| config.runtime_threads());
         type Started = (SocketAddr, AppState, CancellationToken);
         let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<Started>>();
         let thread = std::thread::Builder::new()
