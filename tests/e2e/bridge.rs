@@ -735,13 +735,24 @@ async fn isolated_mode_gives_each_session_its_own_container() {
             || async { session_containers(&id).is_empty().then_some(()) },
         )
         .await;
-        // What they wrote outlives them.
+        // What they wrote outlives them: in the logs, and saved in the deployment's row
+        // (the logs endpoint answers from the live tail while the deployment runs, so only
+        // the row shows that the save works).
         eventually(
             &format!("{name}: the sessions' stderr kept after they ended"),
             Duration::from_secs(10),
             || async {
                 let kept = logs(&app, id.clone()).await?;
                 (marks(&kept) == marks_seen).then_some(())
+            },
+        )
+        .await;
+        eventually(
+            &format!("{name}: the sessions' stderr saved in the row"),
+            Duration::from_secs(10),
+            || async {
+                let saved = app.saved_stderr(&id).await?;
+                (marks(&saved) == marks_seen).then_some(())
             },
         )
         .await;

@@ -193,6 +193,13 @@ impl TestApp {
         .await;
     }
 
+    /// The stderr tail saved in deployment `id`'s database row (not the live tail the logs
+    /// endpoint may answer from).
+    pub async fn saved_stderr(&self, id: &str) -> Option<String> {
+        let row = self.state.store().get(id).await.expect("read the row")?;
+        Some(row.stderr)
+    }
+
     /// Runs the server's sweep of what no row explains now.
     pub async fn sweep(&self) -> mcp_runner::deployments::Reconciled {
         self.state
