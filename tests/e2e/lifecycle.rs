@@ -583,14 +583,25 @@ async fn deployment_in_a_holder(app: &TestApp) -> (Value, Value, Value) {
     (d, container, holder)
 }
 
-/// Waits for the reaper's pause of `id`; returns the deployment as the API shows it then.
-async fn paused(app: &TestApp, id: &str) -> Value {
-    eventually("the pause", Duration::from_secs(20), || async {
+/// Waits for the reaper's pause of `id` to be over: the row says `stopped` and the network
+/// holder `holder` no longer runs (stopped or removed). The row alone is not enough: Docker's
+/// events record `stopped` as soon as the container dies, while the pause still deals with
+/// the holder. Returns the deployment as the API shows it then.
+async fn paused(app: &TestApp, id: &str, holder: &str) -> Value {
+    eventually("the pause", Duration::from_secs(30), || async {
         let (status, body) = app.get(id).await;
-        (status == 200 && body["deployment"]["status"] == "stopped")
+        (status == 200 && body["deployment"]["status"] == "stopped" && !running(holder))
             .then(|| body["deployment"].clone())
     })
     .await
+}
+
+/// Whether container `id` exists and runs.
+fn running(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["container", "inspect", "-f", "{{.State.Running}}", id])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
 }
 
 /// Calls a tool on `id`, which starts it.
@@ -611,7 +622,7 @@ async fn a_pause_moves_a_container_that_wrote_nothing_off_its_network_holder() {
     let app = TestApp::spawn().await;
     let (d, first, holder) = deployment_in_a_holder(&app).await;
     let id = s(&d["id"]);
-    let after = paused(&app, id).await;
+    let after = paused(&app, id, s(&holder["Id"])).await;
     assert!(
         !exists("container", s(&holder["Id"])),
         "the holder is removed"
@@ -652,7 +663,7 @@ async fn a_pause_keeps_a_container_with_files_and_stops_its_network_holder() {
     crate::support::docker::docker(&["cp", marker.to_str().expect("utf-8 path"), &into]);
     std::fs::remove_file(&marker).expect("remove the marker");
 
-    let after = paused(&app, id).await;
+    let after = paused(&app, id, s(&holder["Id"])).await;
     assert_eq!(after["container_id"], first["Id"], "the same container");
     assert_eq!(
         inspect("container", s(&first["Id"]))["State"]["Running"],
