@@ -584,24 +584,18 @@ async fn deployment_in_a_holder(app: &TestApp) -> (Value, Value, Value) {
 }
 
 /// Waits for the reaper's pause of `id` to be over: the row says `stopped` and the network
-/// holder `holder` no longer runs (stopped or removed). The row alone is not enough: Docker's
-/// events record `stopped` as soon as the container dies, while the pause still deals with
-/// the holder. Returns the deployment as the API shows it then.
+/// holder `holder` no longer runs (stopped or removed). The row alone is not enough: the
+/// stderr follower records `stopped` as soon as the container's stream ends, while the pause
+/// still deals with the holder. Returns the deployment as the API shows it then.
 async fn paused(app: &TestApp, id: &str, holder: &str) -> Value {
     eventually("the pause", Duration::from_secs(30), || async {
         let (status, body) = app.get(id).await;
-        (status == 200 && body["deployment"]["status"] == "stopped" && !running(holder))
-            .then(|| body["deployment"].clone())
+        (status == 200
+            && body["deployment"]["status"] == "stopped"
+            && !crate::support::docker::running(holder))
+        .then(|| body["deployment"].clone())
     })
     .await
-}
-
-/// Whether container `id` exists and runs.
-fn running(id: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["container", "inspect", "-f", "{{.State.Running}}", id])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
 }
 
 /// Calls a tool on `id`, which starts it.

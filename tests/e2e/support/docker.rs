@@ -74,6 +74,14 @@ pub fn exists(kind: &str, id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether container `id` exists and runs.
+pub fn running(id: &str) -> bool {
+    Command::new("docker")
+        .args(["container", "inspect", "-f", "{{.State.Running}}", id])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
+}
+
 fn lines(s: String) -> Vec<String> {
     s.lines()
         .map(str::trim)
