@@ -1,8 +1,7 @@
-//! The application: shared state, the router, start-up (Docker, reconciliation, reaper) and
-//! graceful shutdown.
+//! The server: the router, start-up (the sandbox backend, reconciliation, the bridge and the
+//! background tasks) and graceful shutdown. The handlers' shared state is `crate::state`.
 
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use axum::http::{Method, Request, StatusCode, Uri};
 use axum::response::Response;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -22,107 +20,23 @@ use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::auth::Lockout;
-use crate::api::model::Limits;
 use crate::bridge::{Bridge, BridgeConfig};
 use crate::config::Config;
-use crate::deployments::stderr::StderrHub;
-use crate::deployments::{DeployError, Deployments};
-use crate::error::ApiError;
-use crate::runtime::{FailureKind, HostUsers, Runtime, RuntimeError, RuntimeSettings};
+use crate::deployments::{Deployments, Limits};
+use crate::runtime::SandboxBackend;
+use crate::runtime::docker::{self, ClientSettings, DockerSettings};
+use crate::state::{App, AppState};
 use crate::store::Store;
-use crate::subnet::SubnetPool;
 
 /// Largest management request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Everything the handlers share.
-pub struct App {
-    /// The management key.
-    pub api_key: String,
-    /// Failed-authentication bookkeeping.
-    pub lockout: Lockout,
-    /// Bounds of create requests.
-    pub limits: Limits,
-    /// Whether `GET /metrics` needs the API key.
-    pub metrics_require_key: bool,
-    /// Set once Docker answered and reconciliation finished.
-    deployments: OnceCell<Deployments>,
-    bridge: OnceCell<Arc<Bridge>>,
-    store: Store,
-}
-
-impl App {
-    /// The deployments service; 503 until start-up reconciliation has finished.
-    pub fn deployments(&self) -> Result<&Deployments, ApiError> {
-        self.deployments.get().ok_or_else(|| {
-            ApiError::Unavailable(
-                "mcp-runner is starting: waiting for Docker and reconciling deployments".to_owned(),
-            )
-        })
-    }
-
-    /// The MCP bridge, once start-up has finished.
-    pub fn bridge(&self) -> Option<Arc<Bridge>> {
-        self.bridge.get().cloned()
-    }
-
-    /// Whether start-up reconciliation has finished.
-    pub fn is_ready(&self) -> bool {
-        self.deployments.initialized()
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-}
-
-/// Cheap handle on the shared `App`.
-#[derive(Clone)]
-pub struct AppState(pub Arc<App>);
-
-impl Deref for AppState {
-    type Target = App;
-    fn deref(&self) -> &App {
-        &self.0
-    }
-}
-
-impl From<DeployError> for ApiError {
-    fn from(e: DeployError) -> Self {
-        match e {
-            DeployError::NotFound => ApiError::NotFound("Deployment not found".to_owned()),
-            DeployError::Store(e) => ApiError::Internal(e.into()),
-            DeployError::Runtime(e) => runtime_error(e),
-        }
-    }
-}
-
-fn runtime_error(e: RuntimeError) -> ApiError {
-    match (&e, e.kind()) {
-        (RuntimeError::Pull { .. }, FailureKind::NotFound) => {
-            ApiError::field("image", e.to_string())
-        }
-        (RuntimeError::UidsExhausted { .. }, _) => {
-            ApiError::Unavailable(format!("{e}; delete deployments or widen UID_RANGE"))
-        }
-        (RuntimeError::SubnetsExhausted { .. }, _) => {
-            ApiError::Unavailable(format!("{e}; delete deployments or widen NETWORK_POOL"))
-        }
-        (_, FailureKind::Unreachable) => {
-            ApiError::Unavailable(format!("Docker is unreachable: {e}"))
-        }
-        (_, FailureKind::Rejected | FailureKind::NotFound) => ApiError::BadGateway(e.to_string()),
-        (_, FailureKind::Host) => ApiError::Internal(e.into()),
-    }
-}
 
 /// A configured, not yet serving, mcp-runner.
 pub struct Server {
     state: AppState,
     router: Router,
     config: Config,
+    backend: Option<Arc<dyn SandboxBackend>>,
     root: CancellationToken,
     tracker: TaskTracker,
 }
@@ -131,6 +45,16 @@ impl Server {
     /// Opens the database and builds the router. Docker need not be up: the connection is
     /// made (and retried) when serving starts.
     pub async fn build(config: Config, api_key: String) -> anyhow::Result<Server> {
+        Server::build_on(config, api_key, None).await
+    }
+
+    /// Like [`Server::build`], on `backend` instead of the one the configuration names (the
+    /// router tests run on an in-memory backend).
+    pub async fn build_on(
+        config: Config,
+        api_key: String,
+        backend: Option<Arc<dyn SandboxBackend>>,
+    ) -> anyhow::Result<Server> {
         let store = Store::open(&config.db_path).await?;
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let limits = Limits {
@@ -140,20 +64,20 @@ impl Server {
             default_memory_mb: (config.default_max_memory > 0).then_some(config.default_max_memory),
             default_cpus: (config.default_max_cpus > 0.0).then_some(config.default_max_cpus),
         };
-        let state = AppState(Arc::new(App {
+        let backend_name = backend.as_ref().map_or("docker", |b| b.name());
+        let state = AppState(Arc::new(App::new(
             api_key,
-            lockout: Lockout::default(),
             limits,
-            metrics_require_key: config.metrics_require_api_key,
-            deployments: OnceCell::new(),
-            bridge: OnceCell::new(),
+            config.metrics_require_api_key,
+            backend_name,
             store,
-        }));
+        )));
         let router = router(state.clone(), config.mcp_max_body_bytes);
         Ok(Server {
             state,
             router,
             config,
+            backend,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })
@@ -180,12 +104,14 @@ impl Server {
             state,
             router,
             config,
+            backend,
             root,
             tracker,
         } = self;
         tracker.spawn(start_up(
             state.clone(),
             config.clone(),
+            backend,
             root.clone(),
             tracker.clone(),
         ));
@@ -222,7 +148,7 @@ impl Server {
 
         tracing::info!("shutting down");
         if config.cleanup_on_shutdown
-            && let Some(d) = state.deployments.get()
+            && let Ok(d) = state.deployments()
         {
             tracing::info!("deleting every deployment (--cleanup-on-shutdown)");
             d.delete_all().await;
@@ -254,74 +180,49 @@ impl Server {
     }
 }
 
-/// Waits for Docker, reconciles, then starts the reaper. Retries while Docker is unreachable.
-async fn start_up(state: AppState, config: Config, root: CancellationToken, tracker: TaskTracker) {
-    let settings = RuntimeSettings {
-        oci_runtime: config.docker_runtime.clone(),
-        dns: config.dns_servers.iter().map(ToString::to_string).collect(),
-        pids_limit: config.pids_limit,
-        log_max_mb: config.container_log_max_mb,
-        instance_id: config.instance_id.clone(),
-    };
-    let mut delay = Duration::from_millis(250);
-    let runtime = loop {
-        // The client is made anew each time: bollard refuses a socket path that does not
-        // exist yet, which is how a daemon that is still starting looks.
-        let connected = Runtime::connect(
-            config.docker_host.as_deref(),
-            settings.clone(),
-            config.docker_concurrency,
-        );
-        let negotiated = match connected {
-            Ok(rt) => rt.negotiate().await,
-            Err(e) => Err(e),
-        };
-        match negotiated {
-            Ok(rt) => break rt,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Docker is not answering yet");
-                tokio::select! {
-                    () = root.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    match runtime.runtimes().await {
-        Ok(known) if !known.contains(&config.docker_runtime) => tracing::error!(
-            runtime = %config.docker_runtime,
-            known = ?known,
-            "Docker does not know the configured runtime; creates will fail (run setup.sh)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot list Docker's runtimes"),
+/// The Docker backend's settings.
+fn docker_settings(config: &Config) -> DockerSettings {
+    DockerSettings {
+        host: config.docker_host.clone(),
+        concurrency: config.docker_concurrency,
+        client: ClientSettings {
+            oci_runtime: config.docker_runtime.clone(),
+            dns: config.dns_servers.iter().map(ToString::to_string).collect(),
+            pids_limit: config.pids_limit,
+            log_max_mb: config.container_log_max_mb,
+            instance_id: config.instance_id.clone(),
+        },
+        network_pool: config.network_pool.clone(),
+        subnet_prefix: config.network_subnet_prefix,
+        spares: config.network_spares,
+        firewall: config.firewall,
     }
-    let users = HostUsers::new(&config.instance_id);
-    let stderr = StderrHub::new(
+}
+
+/// Connects the sandbox backend, reconciles, then starts the bridge and the background
+/// tasks (places made ahead, sweeps, the reaper). Retries while the backend is unreachable.
+async fn start_up(
+    state: AppState,
+    config: Config,
+    backend: Option<Arc<dyn SandboxBackend>>,
+    root: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let backend = match backend {
+        Some(backend) => backend,
+        None => match docker::connect(docker_settings(&config), &root).await {
+            Some(docker) => Arc::new(docker),
+            None => return,
+        },
+    };
+    let deployments = Deployments::new(
         state.store().clone(),
-        runtime.clone(),
+        backend,
+        config.uid_range,
         tracker.clone(),
         root.clone(),
     );
-    let pool = match SubnetPool::parse(&config.network_pool, config.network_subnet_prefix) {
-        Ok(pool) => pool,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid network pool");
-            return;
-        }
-    };
-    if config.firewall {
-        crate::firewall::protect_host(&config.network_pool).await;
-    }
-    let deployments = Deployments::new(
-        state.store().clone(),
-        runtime,
-        users,
-        config.uid_range,
-        pool,
-        stderr,
-    );
+    let mut delay = Duration::from_millis(250);
     let reconciled = loop {
         match deployments.reconcile().await {
             Ok(report) => break report,
@@ -347,15 +248,10 @@ async fn start_up(state: AppState, config: Config, root: CancellationToken, trac
         root.child_token(),
     );
     tracker.spawn(bridge.clone().restart_stdio(reconciled.stdio_to_restart));
-    let _ = state.bridge.set(bridge);
-    if state.deployments.set(deployments.clone()).is_err() {
+    if !state.ready(deployments.clone(), bridge) {
         return;
     }
-    tracker.spawn(
-        deployments
-            .clone()
-            .keep_spares(config.network_spares, root.child_token()),
-    );
+    tracker.spawn(deployments.clone().keep_ahead(root.child_token()));
     tracker.spawn(
         deployments
             .clone()
@@ -435,7 +331,7 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
         .fallback(move |request: axum::extract::Request| {
             swagger_or_no_route(swagger.clone(), request)
         })
-        .layer(axum::middleware::from_fn(crate::api::count_http))
+        .layer(axum::middleware::from_fn(crate::metrics::count_http))
         .layer(axum::middleware::from_fn(crate::telemetry::sentry_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
@@ -460,6 +356,6 @@ fn router(state: AppState, mcp_max_body: usize) -> Router {
             )
         }));
     crate::bridge::front::routes(mcp_max_body)
-        .with_state(state)
+        .with_state(state.bridge_slot())
         .merge(api)
 }

@@ -273,8 +273,11 @@ impl Config {
         {
             return Err("API_KEY must be at least 16 characters long".into());
         }
-        crate::subnet::SubnetPool::parse(&self.network_pool, self.network_subnet_prefix)
-            .map_err(|e| format!("NETWORK_POOL / NETWORK_SUBNET_PREFIX: {e}"))?;
+        crate::runtime::docker::subnet::SubnetPool::parse(
+            &self.network_pool,
+            self.network_subnet_prefix,
+        )
+        .map_err(|e| format!("NETWORK_POOL / NETWORK_SUBNET_PREFIX: {e}"))?;
         if self.dns_servers.is_empty() {
             return Err("DNS_SERVERS must name at least one server".into());
         }

@@ -131,12 +131,10 @@ pub struct Deployment {
     pub id: String,
     /// Life-cycle state.
     pub status: Status,
-    /// Docker container id, once made.
+    /// The backend's id of the sandbox (Docker: the container id), once made.
     pub container_id: Option<String>,
-    /// Docker network id, once made.
+    /// The backend's id of the deployment's network (Docker: the network id), once made.
     pub network_id: Option<String>,
-    /// The network's subnet, from the network pool.
-    pub subnet: Option<String>,
     /// Image reference.
     pub image: String,
     /// Host user name.
@@ -210,6 +208,19 @@ pub fn pick_free<T>(count: u64, nth: impl Fn(u64) -> T, taken: impl Fn(&T) -> bo
     (start..count).chain(0..start).map(nth).find(|c| !taken(c))
 }
 
+/// Splits `repo[:tag][@digest]` into what the pull endpoint wants: a digest stays in the
+/// image part; a missing tag means `latest`.
+pub fn split_tag(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
 /// Upper bound of the stderr kept per deployment.
 pub const STDERR_LIMIT: usize = 64 * 1024;
 
@@ -234,6 +245,21 @@ mod tests {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("paused"), None);
+    }
+
+    #[test]
+    fn tags_and_registries_with_ports() {
+        assert_eq!(split_tag("alpine"), ("alpine", "latest"));
+        assert_eq!(split_tag("alpine:3.20"), ("alpine", "3.20"));
+        assert_eq!(
+            split_tag("registry:5000/team/img"),
+            ("registry:5000/team/img", "latest")
+        );
+        assert_eq!(
+            split_tag("registry:5000/team/img:v1"),
+            ("registry:5000/team/img", "v1")
+        );
+        assert_eq!(split_tag("img@sha256:abc"), ("img@sha256:abc", ""));
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //! (OpenMetrics text, which Prometheus scrapes natively) at `GET /metrics`.
 //!
 //! Counters and histograms are updated where things happen; the gauges that describe state
-//! (deployments by status, open sessions) are read fresh at each scrape.
+//! (deployments by status, open sessions) are read fresh at each scrape. HTTP requests are
+//! counted here too: by [`count_http`] on the management API and by the MCP routes' own
+//! layer, which calls [`count_request`].
 
 use std::sync::LazyLock;
 use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -311,6 +318,36 @@ impl Metrics {
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// HTTP methods counted by name; any other is `other`, so that a client cannot grow the
+/// label set at will.
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// Middleware counting every HTTP request by route template, method and status.
+pub async fn count_http(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    count_request(route.as_ref(), &method, response.status());
+    response
+}
+
+/// Counts one answered request of route `route` (`unmatched` without one).
+pub fn count_request(route: Option<&MatchedPath>, method: &Method, status: StatusCode) {
+    let method = METHODS
+        .iter()
+        .find(|k| **k == method.as_str())
+        .copied()
+        .unwrap_or("other");
+    METRICS
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
+            method,
+            status: status.as_u16(),
+        })
+        .inc();
+}
 
 #[cfg(test)]
 mod tests {

@@ -96,7 +96,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = now_millis();
-                let rows = match deployments.store().due(now).await {
+                let rows = match deployments.due(now).await {
                     Ok(rows) => rows,
                     Err(e) => {
                         tracing::warn!(error = %e, "reaper cannot read due deployments");

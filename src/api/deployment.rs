@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, DeploymentId};
-use super::model::{
+use super::dto::{
     CreateDeploymentRequest, CreateDeploymentResponse, DeleteDeploymentResponse, DeploymentData,
     DeploymentLogsResponse, GetDeploymentResponse, LogsQuery, last_lines,
 };
-use crate::app::AppState;
+use super::extract::{ApiJson, DeploymentId};
 use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
 
 /// The routes of this resource, with their OpenAPI documentation.
 pub fn routes() -> OpenApiRouter<AppState> {

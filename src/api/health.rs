@@ -1,5 +1,6 @@
 //! Probes, without a key: `GET /health` (the NestJS service's answer), `GET /healthz`
-//! (the process is alive) and `GET /readyz` (the database takes writes and Docker answers).
+//! (the process is alive) and `GET /readyz` (the database takes writes and the sandbox
+//! backend, Docker, answers).
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -81,18 +82,20 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
     checks.insert("database", outcome(db));
     match state.deployments() {
         Ok(d) => {
-            let docker = tokio::time::timeout(limit, async {
-                d.runtime().ping().await.map_err(|e| e.to_string())
-            })
-            .await;
-            checks.insert("docker", outcome(docker));
+            let backend =
+                tokio::time::timeout(limit, async { d.ping().await.map_err(|e| e.to_string()) })
+                    .await;
+            checks.insert(state.backend, outcome(backend));
             checks.insert("startup", "ok".to_owned());
         }
         Err(_) => {
-            checks.insert("docker", "not connected yet".to_owned());
+            checks.insert(state.backend, "not connected yet".to_owned());
             checks.insert(
                 "startup",
-                "waiting for Docker and reconciling deployments".to_owned(),
+                format!(
+                    "waiting for {} and reconciling deployments",
+                    crate::runtime::backend_title(state.backend)
+                ),
             );
         }
     }

@@ -1,16 +1,15 @@
 //! `GET /metrics`: Prometheus metrics (see `crate::metrics`), open unless
-//! `METRICS_REQUIRE_API_KEY` is set. Also the middleware counting HTTP requests by route.
+//! `METRICS_REQUIRE_API_KEY` is set.
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::Status;
-use crate::metrics::{HttpLabels, METRICS, SessionLabels, StatusLabels};
+use crate::metrics::{METRICS, SessionLabels, StatusLabels};
+use crate::state::AppState;
 
 /// The routes of this resource.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -52,7 +51,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(d) = state.deployments() {
         METRICS
             .spare_networks
-            .set(i64::try_from(d.spare_networks()).unwrap_or(i64::MAX));
+            .set(i64::try_from(d.ahead_ready()).unwrap_or(i64::MAX));
     }
     if let Some(bridge) = state.bridge() {
         for (front, n) in bridge.session_counts() {
@@ -69,33 +68,4 @@ async fn metrics(State(state): State<AppState>) -> Response {
         METRICS.encode(),
     )
         .into_response()
-}
-
-const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-
-/// Counts every HTTP request by route template, method and status.
-pub async fn count_http(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    count_request(route.as_ref(), &method, response.status());
-    response
-}
-
-/// Counts one answered request of route `route` (`unmatched` without one).
-pub fn count_request(route: Option<&MatchedPath>, method: &Method, status: StatusCode) {
-    // Known methods only: a client must not grow the label set at will.
-    let method = METHODS
-        .iter()
-        .find(|k| **k == method.as_str())
-        .copied()
-        .unwrap_or("other");
-    METRICS
-        .http_requests
-        .get_or_create(&HttpLabels {
-            route: route.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
-            method,
-            status: status.as_u16(),
-        })
-        .inc();
 }

@@ -1,20 +1,56 @@
-//! The management API: routes with their OpenAPI documentation, authentication, and the
-//! request/response model.
+//! The management API: routes with their OpenAPI documentation, authentication, the
+//! request/response shapes and their validation.
+//!
+//! - `deployment.rs`, `health.rs`, `metrics.rs`: one file per resource, routes and docs
+//! - `dto.rs`: request and response shapes; `validate.rs`: the rules of a create request
+//! - `auth.rs`: the `X-API-Key` check; `extract.rs`: the JSON body and path extractors
 
 pub mod auth;
 mod deployment;
+pub mod dto;
 pub mod extract;
 mod health;
 mod metrics;
-pub mod model;
+pub mod validate;
 
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
-pub use metrics::{count_http, count_request};
+use crate::deployments::DeployError;
+use crate::error::ApiError;
+use crate::runtime::{RuntimeError, backend_title};
+use crate::state::AppState;
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::NotFound => ApiError::NotFound("Deployment not found".to_owned()),
+            DeployError::Store(e) => ApiError::Internal(e.into()),
+            DeployError::Runtime(e) => runtime_error(e),
+        }
+    }
+}
+
+/// The answer to a backend failure: the client's image is wrong (400 naming `image`), a
+/// pool is exhausted or the backend unreachable (503), the backend refused (502), or a host
+/// command failed (500).
+fn runtime_error(e: RuntimeError) -> ApiError {
+    match &e {
+        RuntimeError::Pull {
+            not_found: true, ..
+        } => ApiError::field("image", e.to_string()),
+        RuntimeError::Exhausted { advice, .. } => ApiError::Unavailable(format!("{e}; {advice}")),
+        RuntimeError::Unreachable { backend, .. } => {
+            ApiError::Unavailable(format!("{} is unreachable: {e}", backend_title(backend)))
+        }
+        RuntimeError::Rejected { .. }
+        | RuntimeError::NotFound { .. }
+        | RuntimeError::Pull { .. } => ApiError::BadGateway(e.to_string()),
+        RuntimeError::Host { .. } => ApiError::Internal(e.into()),
+    }
+}
 
 #[derive(OpenApi)]
 #[openapi(

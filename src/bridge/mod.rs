@@ -1,36 +1,38 @@
 //! The MCP bridge: serves each deployment's MCP server at `/mcp-server/{id}/mcp` (Streamable
 //! HTTP) and `/mcp-server/{id}/sse` (legacy SSE), whatever transport the server speaks.
 //!
-//! `Bridge` keeps the sessions and, per stdio deployment, the one hub that owns the
-//! container's attach stream; it starts stopped containers on demand, ends sessions when a
-//! deployment is deleted or its process exits, and records interaction time (at most once a
-//! second per deployment, off the request path).
+//! A client message goes front → session → upstream → server; what the server writes comes
+//! back through the session's streams. [`Bridge`] keeps the sessions and, per shared stdio
+//! deployment, the one hub that owns the process's stdio; it hears of deletions and pauses
+//! from `deployments` (it is their [`LifecycleListener`]), ends idle sessions, and records
+//! interaction time (at most once a second per deployment, off the request path).
+//!
+//! - `front/`: the HTTP handlers of both fronts, their checks, errors and bodies
+//! - `session.rs`: a client session and its streams (ids, replay, resumption)
+//! - `open.rs`: opening a session: starting a deployment on demand, reaching its server
+//! - `upstream/`: where a session's messages go (stdio hub, Streamable HTTP, legacy SSE)
+//! - `protocol/`: JSON-RPC, the line codec, SSE on the wire, protocol revisions
 
 pub mod front;
-pub mod jsonrpc;
-pub mod lines;
+mod open;
+pub mod protocol;
 pub mod session;
-pub mod sse;
-pub mod stdio;
-pub mod upstream_http;
-pub mod version;
+pub mod upstream;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use reqwest::header::HeaderValue;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployments::{DeployError, Deployments, Lifecycle};
-use crate::domain::{Deployment, SessionMode, Status, Transport, now_millis};
+use crate::deployments::{DeployError, Deployments, LifecycleListener};
+use crate::domain::{Deployment, now_millis};
 use crate::runtime::Attached;
-use futures_util::StreamExt;
+use protocol::jsonrpc;
 use session::{Front, Session};
-use stdio::StdioHub;
-use upstream_http::{SseUpstream, StreamableUpstream};
+use upstream::stdio::StdioHub;
+use upstream::{Gone, Upstream};
 
 /// Settings of the bridge.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ pub enum BridgeError {
     /// No such deployment (404).
     #[error("Deployment not found")]
     UnknownDeployment,
-    /// Docker or the database failed.
+    /// The sandbox backend or the database failed.
     #[error(transparent)]
     Deploy(#[from] DeployError),
     /// The server in the container cannot be reached (502).
@@ -64,32 +66,52 @@ pub enum BridgeError {
     Backlog(usize),
 }
 
+/// Where the MCP routes find the bridge: empty until start-up has finished.
+#[derive(Clone)]
+pub struct BridgeSlot {
+    bridge: Arc<OnceLock<Arc<Bridge>>>,
+    backend: &'static str,
+}
+
+impl BridgeSlot {
+    /// An empty slot; `backend` names what start-up waits for.
+    pub fn new(backend: &'static str) -> BridgeSlot {
+        BridgeSlot {
+            bridge: Arc::default(),
+            backend,
+        }
+    }
+
+    /// The bridge, once start-up has finished.
+    pub fn get(&self) -> Option<Arc<Bridge>> {
+        self.bridge.get().cloned()
+    }
+
+    /// Puts the bridge in (once).
+    pub fn set(&self, bridge: Arc<Bridge>) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// The sandbox backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+}
+
 /// A session and the upstream its messages go to.
 #[derive(Clone)]
 pub struct Link {
     /// The client session.
     pub session: Arc<Session>,
     /// Its upstream.
-    pub upstream: Upstream,
-    /// The session's own container (isolated deployments), removed when the session ends.
-    pub own_container: Option<String>,
-}
-
-/// Where a session's messages go.
-#[derive(Clone)]
-pub enum Upstream {
-    /// The deployment's shared stdio process.
-    Stdio(Arc<StdioHub>),
-    /// An upstream Streamable HTTP session.
-    Streamable(Arc<StreamableUpstream>),
-    /// An upstream legacy SSE connection.
-    Sse(Arc<SseUpstream>),
+    pub upstream: Arc<dyn Upstream>,
+    /// The session's own sandbox (isolated deployments), removed when the session ends.
+    pub own_sandbox: Option<String>,
 }
 
 impl Link {
     /// Forwards a client message of kind `kind` (as the front classified it) upstream.
-    /// False when the upstream is gone.
-    pub fn send(&self, message: Value, kind: jsonrpc::Kind) -> bool {
+    pub fn send(&self, message: Value, kind: jsonrpc::Kind) -> Result<(), Gone> {
         self.session.touch();
         match kind {
             jsonrpc::Kind::Request => {
@@ -107,36 +129,18 @@ impl Link {
             }
             _ => {}
         }
-        match &self.upstream {
-            Upstream::Stdio(hub) => hub.send(self.session.clone(), message),
-            Upstream::Streamable(up) => {
-                up.send(self.session.clone(), message);
-                true
-            }
-            Upstream::Sse(up) => {
-                up.send(self.session.clone(), message);
-                true
-            }
-        }
+        self.upstream.send(&self.session, message)
     }
 
-    /// Refuses a new client message while a stdio server leaves too much of its input
-    /// unread (see [`stdio::STDIN_BACKLOG_LIMIT`]); checked before anything is recorded
-    /// for the message, so that a refused one leaves no trace in the session.
+    /// Refuses a new client message while the server falls behind (see
+    /// [`Upstream::check_backlog`]).
     pub fn check_backlog(&self) -> Result<(), BridgeError> {
-        match &self.upstream {
-            Upstream::Stdio(hub) => hub
-                .backlog_full()
-                .map_or(Ok(()), |n| Err(BridgeError::Backlog(n))),
-            Upstream::Streamable(_) | Upstream::Sse(_) => Ok(()),
-        }
+        self.upstream.check_backlog()
     }
 
     /// The client opened its GET stream: HTTP upstreams open theirs.
     pub fn get_stream_opened(&self) {
-        if let Upstream::Streamable(up) = &self.upstream {
-            up.open_get_stream(self.session.clone());
-        }
+        self.upstream.open_server_stream(&self.session);
     }
 }
 
@@ -149,7 +153,7 @@ pub struct Bridge {
     hubs: Mutex<HashMap<String, Arc<StdioHub>>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     touched: Mutex<HashMap<String, i64>>,
-    /// The server URL of each HTTP deployment whose container this bridge saw running.
+    /// The server URL of each HTTP deployment whose sandbox this bridge saw running.
     upstream_urls: Mutex<HashMap<String, String>>,
     stop: CancellationToken,
 }
@@ -159,7 +163,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bridge {
-    /// A bridge over `deployments`; its tasks stop with `stop`.
+    /// A bridge over `deployments`, which it listens to; its tasks stop with `stop`.
     pub fn new(
         deployments: Deployments,
         config: BridgeConfig,
@@ -181,15 +185,9 @@ impl Bridge {
             upstream_urls: Mutex::default(),
             stop,
         });
-        tokio::spawn(bridge.clone().watch());
-        let owner = Arc::downgrade(&bridge);
-        bridge
-            .deployments
-            .set_stdio_owner(Box::new(move |d, attached| {
-                if let Some(bridge) = owner.upgrade() {
-                    bridge.adopt(d, attached);
-                }
-            }));
+        tokio::spawn(bridge.clone().expire_idle());
+        let listener: std::sync::Weak<dyn LifecycleListener> = Arc::downgrade(&bridge) as _;
+        bridge.deployments.set_listener(listener);
         bridge
     }
 
@@ -221,27 +219,15 @@ impl Bridge {
         &self.config
     }
 
-    /// Ends sessions of deleted or paused deployments, and idle sessions.
-    async fn watch(self: Arc<Self>) {
-        let mut events = self.deployments.subscribe();
+    /// Ends idle sessions (and sessions already closed) until the bridge stops, then every
+    /// session.
+    async fn expire_idle(self: Arc<Self>) {
         let every = (self.config.session_idle / 2)
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(every);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => break,
-                ev = events.recv() => match ev {
-                    Ok(Lifecycle::Deleting(id)) => {
-                        self.end_deployment(&id);
-                        // Gone for good: forget its bookkeeping too.
-                        lock(&self.touched).remove(&id);
-                        lock(&self.starting).remove(&id);
-                        lock(&self.upstream_urls).remove(&id);
-                    }
-                    Ok(Lifecycle::Paused(id)) => self.end_deployment(&id),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                },
                 _ = sweep.tick() => self.sweep(),
             }
         }
@@ -283,21 +269,19 @@ impl Bridge {
             return; // already ended
         }
         link.session.close();
-        if let Some(container) = link.own_container.clone() {
+        self.remove_own_sandbox(link.own_sandbox.clone());
+        link.upstream.close(&link.session);
+    }
+
+    /// Removes a session's own sandbox, off the caller's path.
+    fn remove_own_sandbox(&self, sandbox: Option<String>) {
+        if let Some(sandbox) = sandbox {
             let deployments = self.deployments.clone();
             tokio::spawn(async move {
-                if let Err(e) = deployments.remove_session_container(&container).await {
-                    tracing::warn!(container.id = %container, error = %e, "cannot remove a session container");
+                if let Err(e) = deployments.remove_session(&sandbox).await {
+                    tracing::warn!(container.id = %sandbox, error = %e, "cannot remove a session container");
                 }
             });
-        }
-        match &link.upstream {
-            Upstream::Stdio(hub) => hub.leave(&link.session.id),
-            Upstream::Streamable(up) => {
-                let (up, session) = (up.clone(), link.session.clone());
-                tokio::spawn(async move { up.close(&session).await });
-            }
-            Upstream::Sse(up) => up.close(),
         }
     }
 
@@ -313,10 +297,10 @@ impl Bridge {
         let Some(now) = self.touch_due(deployment_id) else {
             return;
         };
-        let store = self.deployments.store().clone();
+        let deployments = self.deployments.clone();
         let id = deployment_id.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = store.touch(&id, now).await {
+            if let Err(e) = deployments.touch(&id, now).await {
                 tracing::warn!(deployment.id = %id, error = %e, "cannot record interaction");
             }
         });
@@ -334,267 +318,25 @@ impl Bridge {
         *last = now;
         Some(now)
     }
+}
 
-    /// Records an interaction before a stopped deployment starts: its `pause_at` is in the
-    /// past, and the reaper must not pause it again the moment it runs.
-    async fn touch_before_start(&self, deployment_id: &str) {
-        let now = self.touch_due(deployment_id).unwrap_or_else(now_millis);
-        if let Err(e) = self.deployments.store().touch(deployment_id, now).await {
-            tracing::warn!(deployment.id = %deployment_id, error = %e, "cannot record interaction");
-        }
+impl LifecycleListener for Bridge {
+    fn deleting(&self, id: &str) {
+        self.end_deployment(id);
+        // Gone for good: forget its bookkeeping too.
+        lock(&self.touched).remove(id);
+        lock(&self.starting).remove(id);
+        lock(&self.upstream_urls).remove(id);
     }
 
-    /// Opens a session of deployment `deployment_id`: starts its container when stopped and
-    /// connects the session to the server.
-    pub async fn open(
-        &self,
-        deployment_id: &str,
-        front: Front,
-        authorization: Option<HeaderValue>,
-    ) -> Result<Link, BridgeError> {
-        let d = match self.deployments.get(deployment_id).await {
-            Ok(d) => d,
-            Err(DeployError::NotFound) => return Err(BridgeError::UnknownDeployment),
-            Err(e) => return Err(e.into()),
-        };
-        if d.status != Status::Running {
-            self.touch_before_start(deployment_id).await;
-        }
-        let session = Session::new(new_session_id(), d.id.clone(), front, d.transport.name());
-        let (upstream, own_container) = if d.session_mode == SessionMode::Isolated {
-            self.isolated_upstream(&d, &session, authorization).await?
-        } else {
-            let upstream = match &d.transport {
-                Transport::Stdio => {
-                    let hub = self.stdio_hub(&d).await?;
-                    hub.join(session.clone());
-                    Upstream::Stdio(hub)
-                }
-                Transport::StreamableHttp { endpoint } | Transport::Sse { endpoint } => {
-                    let url = self.http_url(&d, endpoint).await?;
-                    self.http_upstream(&d.transport, url, authorization, &session)
-                        .await?
-                }
-            };
-            (upstream, None)
-        };
-        let link = Link {
-            session,
-            upstream,
-            own_container,
-        };
-        lock(&self.sessions).insert(link.session.id.clone(), link.clone());
-        self.touch(deployment_id);
-        Ok(link)
+    fn paused(&self, id: &str) {
+        self.end_deployment(id);
     }
 
-    /// The URL of an HTTP deployment's server, starting its container when needed. While
-    /// the container is known to run (its stderr follower is alive), a new session costs no
-    /// Docker call and no database write.
-    async fn http_url(&self, d: &Deployment, endpoint: &str) -> Result<String, BridgeError> {
-        if self.deployments.known_running(&d.id)
-            && let Some(url) = lock(&self.upstream_urls).get(&d.id)
-        {
-            return Ok(url.clone());
-        }
-        let d = {
-            let start = self.start_lock(&d.id);
-            let _guard = start.lock().await;
-            self.deployments.start(&d.id).await?
-        };
-        let (Some(container), Some(network)) = (&d.container_id, &d.network_id) else {
-            return Err(BridgeError::UnknownDeployment);
-        };
-        let url = self.wait_ready(container, network, endpoint).await?;
-        lock(&self.upstream_urls).insert(d.id.clone(), url.clone());
-        Ok(url)
-    }
-
-    fn start_lock(&self, deployment_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.starting)
-            .entry(deployment_id.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// The hub of a stdio deployment, starting the process when needed. A process this
-    /// bridge did not start (it ran before a restart of mcp-runner) is restarted: its
-    /// protocol state is unknown.
-    async fn stdio_hub(&self, d: &Deployment) -> Result<Arc<StdioHub>, BridgeError> {
-        let start = self.start_lock(&d.id);
-        let _guard = start.lock().await;
-        if let Some(hub) = lock(&self.hubs).get(&d.id).filter(|h| h.is_alive()) {
-            return Ok(hub.clone());
-        }
-        let attached = self.deployments.start_stdio(d).await?;
-        Ok(self.adopt(d, attached))
-    }
-
-    /// Takes over the stdio of a deployment's process started attached: its hub.
-    fn adopt(&self, d: &Deployment, attached: Attached) -> Arc<StdioHub> {
-        let hub = StdioHub::spawn(
-            d.id.clone(),
-            attached,
-            self.config.max_line,
-            self.stop.child_token(),
-        );
-        lock(&self.hubs).insert(d.id.clone(), hub.clone());
-        hub
-    }
-
-    /// Restarts, attached, the stdio processes that ran before mcp-runner restarted (see
-    /// `Reconciled::stdio_to_restart`), a few at a time.
-    pub async fn restart_stdio(self: Arc<Self>, ids: Vec<String>) {
-        futures_util::stream::iter(ids)
-            .for_each_concurrent(4, |id| {
-                let bridge = self.clone();
-                async move {
-                    let started = match bridge.deployments.get(&id).await {
-                        Ok(d) => bridge.stdio_hub(&d).await.map(drop),
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = started {
-                        tracing::warn!(deployment.id = %id, error = %e, "cannot restart the stdio process after the restart of mcp-runner");
-                    }
-                }
-            })
-            .await;
-    }
-
-    /// The upstream of one session of an isolated deployment: a container of its own.
-    async fn isolated_upstream(
-        &self,
-        d: &Deployment,
-        session: &Arc<Session>,
-        authorization: Option<HeaderValue>,
-    ) -> Result<(Upstream, Option<String>), BridgeError> {
-        let stdio = d.transport.is_stdio();
-        let (container, attached) = self
-            .deployments
-            .start_session_container(d, &session.id, stdio)
-            .await?;
-        let made = async {
-            if let Some(attached) = attached {
-                let hub = StdioHub::spawn(
-                    d.id.clone(),
-                    attached,
-                    self.config.max_line,
-                    self.stop.child_token(),
-                );
-                hub.join(session.clone());
-                return Ok(Upstream::Stdio(hub));
-            }
-            let network = d
-                .network_id
-                .as_deref()
-                .ok_or(BridgeError::UnknownDeployment)?;
-            let endpoint = match &d.transport {
-                Transport::StreamableHttp { endpoint } | Transport::Sse { endpoint } => endpoint,
-                Transport::Stdio => return Err(BridgeError::UnknownDeployment),
-            };
-            let url = self.wait_ready(&container, network, endpoint).await?;
-            self.http_upstream(&d.transport, url, authorization, session)
-                .await
-        }
-        .await;
-        match made {
-            Ok(upstream) => Ok((upstream, Some(container))),
-            Err(e) => {
-                let _ = self.deployments.remove_session_container(&container).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The upstream of an HTTP server at `url`.
-    async fn http_upstream(
-        &self,
-        transport: &Transport,
-        url: String,
-        authorization: Option<HeaderValue>,
-        session: &Arc<Session>,
-    ) -> Result<Upstream, BridgeError> {
-        Ok(match transport {
-            Transport::Sse { .. } => Upstream::Sse(
-                SseUpstream::connect(
-                    self.http.clone(),
-                    &url,
-                    authorization,
-                    session.clone(),
-                    self.config.ready_timeout,
-                )
-                .await
-                .map_err(BridgeError::Upstream)?,
-            ),
-            _ => Upstream::Streamable(StreamableUpstream::new(
-                self.http.clone(),
-                url,
-                authorization,
-            )),
-        })
-    }
-
-    /// Waits until the HTTP server in a running container accepts connections; returns the
-    /// endpoint URL with the container's address.
-    async fn wait_ready(
-        &self,
-        container: &str,
-        network: &str,
-        endpoint: &str,
-    ) -> Result<String, BridgeError> {
-        let mut url = reqwest::Url::parse(endpoint)
-            .map_err(|e| BridgeError::Upstream(format!("bad endpoint URL: {e}")))?;
-        let port = url.port_or_known_default().unwrap_or(80);
-        let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
-        let rt = self.deployments.runtime();
-        let ip = loop {
-            if let Some(ip) = rt
-                .container_ip(container, network)
-                .await
-                .map_err(DeployError::from)?
-            {
-                break ip;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(BridgeError::Upstream("the container got no address".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let addr: SocketAddr = format!("{ip}:{port}")
-            .parse()
-            .map_err(|_| BridgeError::Upstream(format!("bad container address {ip}")))?;
-        loop {
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-                    .await;
-            if matches!(attempt, Ok(Ok(_))) {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(BridgeError::Upstream(format!(
-                    "the MCP server in the container did not accept connections on port {port} within {:?}",
-                    self.config.ready_timeout
-                )));
-            }
-            if !rt
-                .container_state(container)
-                .await
-                .map_err(DeployError::from)?
-                .is_some_and(|s| s.running)
-            {
-                return Err(BridgeError::Upstream(
-                    "the container exited before its MCP server accepted connections".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        url.set_ip_host(addr.ip())
-            .map_err(|()| BridgeError::Upstream("cannot address the container".into()))?;
-        Ok(url.to_string())
+    fn stdio_started(&self, d: &Deployment, attached: Attached) {
+        self.adopt(d, attached);
     }
 }
 
-/// A session id: 32 random hex characters (128 bits), visible ASCII as the spec asks.
-fn new_session_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::jsonrpc;
+use super::protocol::jsonrpc;
+use super::protocol::sse::{SseEvent, event_id};
 use crate::domain::now_millis;
 use crate::metrics::METRICS;
 
@@ -73,17 +74,6 @@ pub enum Outgoing {
     },
     /// A notification or a server request.
     Other,
-}
-
-/// One SSE event for a client connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// Event id (`None` on the legacy front, which has no resumption).
-    pub id: Option<String>,
-    /// Event name (`message`, or `endpoint` on the legacy front).
-    pub event: &'static str,
-    /// The data (a JSON-RPC message; empty for a priming event).
-    pub data: Arc<str>,
 }
 
 /// Why a stream could not be opened.
@@ -437,17 +427,6 @@ impl Streams {
     }
 }
 
-/// The SSE event id of event `seq` on stream `stream`.
-pub fn event_id(stream: u64, seq: u64) -> String {
-    format!("{stream}_{seq}")
-}
-
-/// Parses a `Last-Event-ID` made by [`event_id`].
-pub fn parse_event_id(s: &str) -> Option<(u64, u64)> {
-    let (a, b) = s.trim().split_once('_')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,8 +517,11 @@ mod tests {
         assert!(got[0].starts_with("1_2|"));
         assert!(got[1].starts_with("1_3|"));
         assert!(s.resume(99, 0).is_none());
-        assert_eq!(parse_event_id("1_3"), Some((1, 3)));
-        assert_eq!(parse_event_id("x"), None);
+        assert_eq!(
+            crate::bridge::protocol::sse::parse_event_id("1_3"),
+            Some((1, 3))
+        );
+        assert_eq!(crate::bridge::protocol::sse::parse_event_id("x"), None);
     }
 
     #[test]

@@ -1,36 +1,38 @@
-//! Start-up reconciliation, both ways: what Docker and the host have that no row explains is
-//! removed; rows whose container vanished are deleted with the rest of their resources; the
-//! status of every row is read again from its container.
+//! Start-up reconciliation, both ways: what the backend holds that no row explains is
+//! removed; rows whose sandbox vanished are deleted with the rest of their parts; the status
+//! of every row is read again from its sandbox.
 
 use std::collections::HashSet;
 
 use tokio_util::sync::CancellationToken;
 
+use super::spec::teardown_of;
 use super::{DeployError, Deployments};
 use crate::domain::{Status, now_millis};
+use crate::runtime::OwnedKind;
 
 /// How often a running mcp-runner sweeps what no row explains (see `Deployments::sweep`).
 pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// When the first sweep runs after start-up: by then Docker and `useradd` have finished what
-/// a killed predecessor asked of them after start-up reconciliation had looked.
+/// When the first sweep runs after start-up: by then the backend (Docker, `useradd`) has
+/// finished what a killed predecessor asked of it after start-up reconciliation had looked.
 pub const FIRST_SWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What reconciliation did, for the log and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
-    /// Containers without a row, removed.
-    pub orphan_containers: usize,
-    /// Per-session containers of isolated deployments, removed (sessions end with a restart).
-    pub session_containers: usize,
-    /// Networks without a row, removed.
-    pub orphan_networks: usize,
-    /// Spares' networks (made ahead by an earlier run, never taken), removed.
-    pub spare_networks: usize,
-    /// Spares' host users (of deployment ids a spare's network carried), deleted.
-    pub spare_users: usize,
-    /// Host users without a row, deleted.
-    pub orphan_users: usize,
+    /// Sandboxes (Docker: containers) without a row, removed.
+    pub orphan_sandboxes: usize,
+    /// Sandboxes of isolated deployments' sessions, removed (sessions end with a restart).
+    pub session_sandboxes: usize,
+    /// Places (Docker: networks) without a row, removed.
+    pub orphan_places: usize,
+    /// Places made ahead by an earlier run and never taken, removed.
+    pub spare_places: usize,
+    /// Identities (Docker: host accounts) of those places, deleted.
+    pub spare_identities: usize,
+    /// Identities without a row, deleted.
+    pub orphan_identities: usize,
     /// Rows whose create was interrupted, undone.
     pub interrupted_creates: usize,
     /// Rows whose container was gone, deleted.
@@ -47,7 +49,7 @@ pub struct Reconciled {
 }
 
 impl Deployments {
-    /// Brings Docker, the host users and the database back in agreement.
+    /// Brings the backend and the database back in agreement.
     pub async fn reconcile(&self) -> Result<Reconciled, DeployError> {
         let mut report = Reconciled::default();
         let rows = self.inner.store.list().await?;
@@ -60,18 +62,20 @@ impl Deployments {
         // Interrupted creates first: their resources may be half made.
         for d in rows.iter().filter(|d| d.status == Status::Creating) {
             tracing::warn!(deployment.id = %d.id, "undoing a create interrupted by a restart");
-            self.teardown(d).await?;
+            self.inner.backend.teardown(&teardown_of(d)).await?;
             self.inner.store.delete(&d.id).await?;
             report.interrupted_creates += 1;
         }
 
-        let rt = &self.inner.runtime;
-        for c in rt.list_containers().await? {
-            if c.session.is_some() && known.contains(c.deployment_id.as_str()) {
-                // Sessions do not survive a restart; neither do their containers.
-                tracing::info!(deployment.id = %c.deployment_id, container.id = %c.id, "removing the container of a session that ended with the restart");
-                rt.remove_container(&c.id).await?;
-                report.session_containers += 1;
+        let backend = &self.inner.backend;
+        for o in backend.list_owned().await? {
+            if matches!(o.kind, OwnedKind::Sandbox { session: Some(_) })
+                && known.contains(o.deployment_id.as_str())
+            {
+                // Sessions do not survive a restart; neither do their sandboxes.
+                tracing::info!(deployment.id = %o.deployment_id, container.id = %o.id, "removing the container of a session that ended with the restart");
+                backend.remove_owned(&o).await?;
+                report.session_sandboxes += 1;
             }
         }
         self.remove_unexplained(&mut report).await?;
@@ -88,14 +92,14 @@ impl Deployments {
                 continue;
             }
             let state = match &d.container_id {
-                Some(c) => rt.container_state(c).await?,
+                Some(c) => backend.state(c).await?,
                 None => None,
             };
             match state {
                 None => {
                     tracing::warn!(
                         deployment.id = %d.id,
-                        "the deployment's container was removed outside mcp-runner; deleting the deployment"
+                        "the deployment's sandbox was removed outside mcp-runner; deleting the deployment"
                     );
                     self.delete(&d.id).await?;
                     report.vanished += 1;
@@ -121,8 +125,8 @@ impl Deployments {
         Ok(report)
     }
 
-    /// Removes what Docker and the host have of this instance that no row explains; run
-    /// while mcp-runner serves (every `SWEEP_INTERVAL`, and when it stops). Docker may finish
+    /// Removes what the backend holds of this instance that no row explains; run while
+    /// mcp-runner serves (every `SWEEP_INTERVAL`, and when it stops). The backend may finish
     /// a request of a killed mcp-runner after the next one's start-up reconciliation looked:
     /// what such a request made is found here.
     pub async fn sweep(&self) -> Result<Reconciled, DeployError> {
@@ -137,58 +141,53 @@ impl Deployments {
         Ok(report)
     }
 
-    /// Sweeps finished so far.
-    pub fn sweeps_done(&self) -> u64 {
-        self.inner.sweeps.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Removes the containers, networks and host users of this instance whose deployment
-    /// has no row and, for networks, is not one being made ahead.
+    /// Removes what the backend holds of this instance whose deployment has no row and, for
+    /// places and identities, is not one being provisioned ahead.
     async fn remove_unexplained(&self, report: &mut Reconciled) -> Result<(), DeployError> {
-        let rt = &self.inner.runtime;
-        let containers = rt.list_containers().await?;
-        let networks = rt.list_networks().await?;
-        let users = self.inner.users.list().await?;
-        // Read after the listings: anything made since was made after its row was written
-        // or its id reserved, and anything listed that was reserved and is not any more
-        // has its row by now (a create writes its row before it releases the reservation).
-        let mut known = self.inner.spares.reserved_ids();
+        let backend = &self.inner.backend;
+        let owned = backend.list_owned().await?;
+        // Read after the listing: anything made since was made after its row was written or
+        // its id reserved, and anything listed that was reserved and is not any more has its
+        // row by now (a create writes its row before it releases the reservation).
+        let mut known = self.inner.ahead.reserved_ids();
         known.extend(self.inner.store.list().await?.into_iter().map(|d| d.id));
-
-        for c in containers {
-            if !known.contains(&c.deployment_id) {
-                tracing::warn!(deployment.id = %c.deployment_id, container.id = %c.id, "removing a container that has no deployment");
-                rt.remove_container(&c.id).await?;
-                report.orphan_containers += 1;
-            }
-        }
+        let mut unexplained: Vec<_> = owned
+            .into_iter()
+            .filter(|o| !known.contains(&o.deployment_id))
+            .collect();
+        // Sandboxes first (a place is busy while they are on it), identities last (one of a
+        // spare's place counts as a spare's).
+        unexplained.sort_by_key(|o| match o.kind {
+            OwnedKind::Sandbox { .. } => 0,
+            OwnedKind::Place { .. } => 1,
+            OwnedKind::Identity => 2,
+        });
         let mut spare_ids = HashSet::new();
-        for n in networks {
-            if known.contains(&n.deployment_id) {
-                continue;
+        for o in &unexplained {
+            match o.kind {
+                OwnedKind::Sandbox { .. } => {
+                    tracing::warn!(deployment.id = %o.deployment_id, container.id = %o.id, "removing a container that has no deployment");
+                    report.orphan_sandboxes += 1;
+                }
+                OwnedKind::Place { ahead: true } => {
+                    spare_ids.insert(o.deployment_id.clone());
+                    tracing::info!(network.id = %o.id, "removing a network made ahead and never taken");
+                    report.spare_places += 1;
+                }
+                OwnedKind::Place { ahead: false } => {
+                    tracing::warn!(deployment.id = %o.deployment_id, network.id = %o.id, "removing a network that has no deployment");
+                    report.orphan_places += 1;
+                }
+                OwnedKind::Identity if spare_ids.contains(&o.deployment_id) => {
+                    tracing::info!(user = %o.id, "deleting the host user of a spare never taken");
+                    report.spare_identities += 1;
+                }
+                OwnedKind::Identity => {
+                    tracing::warn!(deployment.id = %o.deployment_id, user = %o.id, "deleting a host user that has no deployment");
+                    report.orphan_identities += 1;
+                }
             }
-            if n.made_ahead {
-                spare_ids.insert(n.deployment_id.clone());
-                tracing::info!(network.id = %n.id, "removing a network made ahead and never taken");
-                report.spare_networks += 1;
-            } else {
-                tracing::warn!(deployment.id = %n.deployment_id, network.id = %n.id, "removing a network that has no deployment");
-                report.orphan_networks += 1;
-            }
-            rt.remove_network(&n.id).await?;
-        }
-        for u in users {
-            if known.contains(&u.deployment_id) {
-                continue;
-            }
-            if spare_ids.contains(&u.deployment_id) {
-                tracing::info!(user = %u.name, "deleting the host user of a spare never taken");
-                report.spare_users += 1;
-            } else {
-                tracing::warn!(deployment.id = %u.deployment_id, user = %u.name, "deleting a host user that has no deployment");
-                report.orphan_users += 1;
-            }
-            self.inner.users.delete(&u.name).await?;
+            backend.remove_owned(o).await?;
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::domain::{STDERR_LIMIT, Status};
 use crate::metrics::{ExitLabels, METRICS};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{RuntimeError, SandboxBackend};
 use crate::store::Store;
 
 /// How often a changed tail is written to the database.
@@ -131,7 +131,7 @@ pub struct StderrHub {
     /// Isolated deployments whose session containers ran since the last pause, by id.
     sessions: Arc<Mutex<HashMap<String, SessionTail>>>,
     store: Store,
-    runtime: Runtime,
+    backend: Arc<dyn SandboxBackend>,
     tracker: TaskTracker,
     root: CancellationToken,
 }
@@ -140,7 +140,7 @@ impl StderrHub {
     /// A hub whose tasks run on `tracker` and stop with `root`.
     pub fn new(
         store: Store,
-        runtime: Runtime,
+        backend: Arc<dyn SandboxBackend>,
         tracker: TaskTracker,
         root: CancellationToken,
     ) -> Self {
@@ -148,17 +148,17 @@ impl StderrHub {
             followers: Arc::default(),
             sessions: Arc::default(),
             store,
-            runtime,
+            backend,
             tracker,
             root,
         }
     }
 
-    /// Starts following the stderr of `container_id` through Docker's logs API from `since`
+    /// Starts following the stderr of `container_id` through the backend's log from `since`
     /// (Unix seconds), on top of `initial` (what the row already holds). Replaces an existing
     /// follower.
     pub fn follow(&self, deployment_id: &str, container_id: &str, initial: &str, since: i64) {
-        let logs = self.runtime.follow_stderr(container_id, since).boxed();
+        let logs = self.backend.stderr(container_id, since);
         self.follow_stream(deployment_id, container_id, initial, logs);
     }
 
@@ -426,9 +426,9 @@ impl FollowTask {
         }
     }
 
-    /// The log stream ends when the container stops: record it as stopped.
+    /// The stderr stream ends when the container stops: record it as stopped.
     async fn container_ended(&self, container_id: &str) {
-        match self.hub.runtime.container_state(container_id).await {
+        match self.hub.backend.state(container_id).await {
             Ok(Some(state)) if !state.running => {
                 let reason = if state.oom_killed {
                     "oom_killed"

@@ -1,311 +1,334 @@
-//! The runtime: the only module that talks to Docker (through bollard) or changes host users.
+//! The sandbox backend seam: [`SandboxBackend`] is the one trait through which
+//! `deployments` makes, starts, pauses and removes the sandboxes that MCP servers run in.
+//! `deployments`, `bridge` and `api` know nothing of what implements it.
 //!
-//! It makes and removes the parts of a sandbox: the image, the per-deployment bridge network,
-//! the host user and the container. Everything it makes carries labels (managed-by, instance,
-//! deployment) so that what belongs to this instance can be found again without names.
+//! Implementations: [`docker::DockerBackend`] (one host: Docker with gVisor's `runsc`, a
+//! bridge network and a host account per deployment) and, for tests, `fake::FakeBackend`
+//! (in memory).
+//!
+//! # What a backend guarantees
+//!
+//! - **Ownership.** Everything it makes for a deployment carries the deployment id and the
+//!   instance id (Docker: the labels `managed-by=mcp-runner`, `mcp-runner.instance` and
+//!   `mcp-runner.deployment`; host accounts: their comment field), so that
+//!   [`SandboxBackend::list_owned`] finds it without names and never lists what another
+//!   instance made. Objects are found by these marks, never by name alone.
+//! - **Idempotent removal.** [`teardown`](SandboxBackend::teardown),
+//!   [`remove_sandbox`](SandboxBackend::remove_sandbox),
+//!   [`remove_owned`](SandboxBackend::remove_owned) and
+//!   [`discard`](SandboxBackend::discard) succeed when what they remove is already gone.
+//!   `teardown` also works for a create that failed before it learned any id: it finds the
+//!   parts by the deployment id.
+//! - **State.** [`state`](SandboxBackend::state) is the backend's view now: `None` when the
+//!   sandbox does not exist, `running` while the server process runs, and for a sandbox that
+//!   ran and stopped, its exit code and whether it was OOM-killed.
+//! - **Streams end with the sandbox.** The stderr stream of
+//!   [`stderr`](SandboxBackend::stderr) and the stdout of an [`Attached`] end when the
+//!   sandbox stops; `deployments` takes that end to mean it stopped.
+//! - **Replacements are two-phase.** A backend may replace a stopped sandbox by an
+//!   equivalent one (same spec, same place; Docker does so to leave a network holder, see
+//!   `docker::netns`). It then returns a [`Replacement`]: the new sandbox exists, the old one
+//!   is set aside, and nothing is lost until `deployments` has recorded the new id and calls
+//!   [`commit`](SandboxBackend::commit), or calls [`abort`](SandboxBackend::abort) to put
+//!   the old one back.
+//! - **Concurrency.** Calls for different deployments may run at once. For one deployment,
+//!   `deployments` runs starts and pauses one at a time and never starts a sandbox of a
+//!   deployment it is deleting.
+//! - **No hot path.** Nothing here is called per MCP message: the bridge asks for an
+//!   [`address`](SandboxBackend::address) only when a session opens on a deployment that is
+//!   not known to run.
 
-mod attach;
-mod image;
-mod netns;
-mod network;
-mod sandbox;
-mod users;
+pub mod docker;
+mod error;
+#[cfg(any(test, feature = "fake-backend"))]
+pub mod fake;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
-use bollard::Docker;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncWrite;
 
-use crate::metrics::{DockerLabels, METRICS};
+pub use error::{FailureKind, RuntimeError};
 
-pub use attach::Attached;
-pub use image::{KeyedLocks, split_tag};
-pub use netns::holder_network_mode;
-use netns::joined_namespace;
-pub use sandbox::{ContainerState, ManagedContainer, SandboxSpec};
-pub use users::{HostUser, HostUsers};
+/// Grace period between SIGTERM and SIGKILL when a sandbox is stopped.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Label every object we make carries: `managed-by=mcp-runner`.
-pub const LABEL_MANAGED_BY: &str = "managed-by";
-/// Value of [`LABEL_MANAGED_BY`].
-pub const MANAGED_BY: &str = "mcp-runner";
-/// Label with the instance id of the mcp-runner that made the object.
-pub const LABEL_INSTANCE: &str = "mcp-runner.instance";
-/// Label with the deployment id the object belongs to.
-pub const LABEL_DEPLOYMENT: &str = "mcp-runner.deployment";
-/// Label with the MCP session a per-session container serves (isolated deployments).
-pub const LABEL_SESSION: &str = "mcp-runner.session";
-/// Label of a network made before its deployment's create (see `deployments::Spare`).
-pub const LABEL_MADE_AHEAD: &str = "mcp-runner.made-ahead";
-
-/// Errors of the runtime: one variant per operation, with the Docker or host error inside.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    /// No Docker client could be made (bad DOCKER_HOST).
-    #[error("cannot set up the Docker client: {0}")]
-    Connect(#[source] bollard::errors::Error),
-    /// A Docker API call failed.
-    #[error("Docker could not {op}: {source}")]
-    Docker {
-        /// The operation, e.g. "create the container".
-        op: &'static str,
-        /// Cause.
-        source: bollard::errors::Error,
-    },
-    /// An image could not be pulled; `reason` is the registry's own words.
-    #[error("image {image} could not be pulled: {reason}")]
-    Pull {
-        /// Image reference.
-        image: String,
-        /// The registry's reason.
-        reason: String,
-        /// Whether the image or repository does not exist (a client error).
-        not_found: bool,
-    },
-    /// A host user command failed.
-    #[error("could not {op}: {reason}")]
-    User {
-        /// The operation.
-        op: &'static str,
-        /// What the command said.
-        reason: String,
-    },
-    /// Every subnet of the network pool is taken.
-    #[error("the network pool {pool} is exhausted: every subnet is in use")]
-    SubnetsExhausted {
-        /// The pool.
-        pool: String,
-    },
-    /// Every UID of the configured range is taken.
-    #[error("the UID range {first}-{last} is exhausted")]
-    UidsExhausted {
-        /// First UID.
-        first: u32,
-        /// Last UID.
-        last: u32,
-    },
+/// The identity a deployment's sandboxes run as: a UID and GID from `UID_RANGE` (never shared
+/// by two deployments), and the account name that goes with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The deployment.
+    pub deployment_id: String,
+    /// Account name (`mcp-<id without dp_>`).
+    pub username: String,
+    /// UID.
+    pub uid: u32,
+    /// GID.
+    pub gid: u32,
 }
 
-/// How a runtime failure should be reported.
+/// Where a deployment's sandboxes run: the backend's handle of its network (Docker: the id of
+/// the deployment's bridge network). Recorded in the row as `network_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The network's id.
+    pub network: String,
+}
+
+/// What a deployment asks of its sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// The deployment (labels, names).
+    pub deployment_id: String,
+    /// Image reference.
+    pub image: String,
+    /// Command (`None`: the image's default).
+    pub args: Option<Vec<String>>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Account name of the identity (made with the place).
+    pub username: String,
+    /// UID the server runs as.
+    pub uid: u32,
+    /// GID the server runs as.
+    pub gid: u32,
+    /// Memory limit in MB.
+    pub memory_mb: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+    /// Keep stdin open (stdio servers).
+    pub stdin: bool,
+    /// For the sandbox of one session of an isolated deployment: the session id.
+    pub session: Option<String>,
+}
+
+impl SandboxSpec {
+    /// The identity of the spec's deployment.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            deployment_id: self.deployment_id.clone(),
+            username: self.username.clone(),
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// A sandbox made by [`SandboxBackend::create`], and its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The backend's id of the sandbox (Docker: the container id); the row's `container_id`.
+    pub sandbox: String,
+    /// Its place.
+    pub place: Place,
+}
+
+/// A stopped sandbox set aside for an equivalent new one (see the module's guarantees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The sandbox set aside.
+    pub old: String,
+    /// The sandbox that takes its place.
+    pub new: String,
+}
+
+/// A started sandbox.
+pub struct Started {
+    /// The sandbox that runs now: the one asked for, or its replacement.
+    pub sandbox: String,
+    /// Its stdio, when asked for.
+    pub attached: Option<Attached>,
+    /// Set when the sandbox was replaced before it started: `deployments` records
+    /// `replacement.new` and commits (or aborts) it.
+    pub replacement: Option<Replacement>,
+}
+
+/// A sandbox's stdio, for stdio MCP servers: stdout chunks (in any size), a writer to stdin,
+/// and the stderr chunks. stdout ends when the process does.
+pub struct Attached {
+    /// stdout bytes, chunked as they arrive.
+    pub stdout: BoxStream<'static, Result<Bytes, RuntimeError>>,
+    /// The process's stdin.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// stderr bytes. They may arrive only while `stdout` is read (Docker carries both on one
+    /// connection), and the stream ends with it.
+    pub stderr: BoxStream<'static, Result<Bytes, RuntimeError>>,
+}
+
+impl Attached {
+    /// Takes the stderr stream out, leaving an empty one.
+    pub fn take_stderr(&mut self) -> BoxStream<'static, Result<Bytes, RuntimeError>> {
+        use futures_util::StreamExt;
+        std::mem::replace(&mut self.stderr, futures_util::stream::empty().boxed())
+    }
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxState {
+    /// Whether its process runs now.
+    pub running: bool,
+    /// Whether it ran and exited (a sandbox made but never started has not).
+    pub exited: bool,
+    /// Exit code of the last run, when it ran and exited.
+    pub exit_code: Option<i64>,
+    /// Whether the kernel's OOM killer ended the last run.
+    pub oom_killed: bool,
+}
+
+/// Everything of a deployment, for [`SandboxBackend::teardown`]. Ids a failed create never
+/// learned are `None`; the backend then finds the parts by the deployment id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Teardown {
+    /// The deployment's identity.
+    pub identity: Identity,
+    /// Its sandbox, when known.
+    pub sandbox: Option<String>,
+    /// Its place, when known.
+    pub place: Option<Place>,
+    /// Whether session sandboxes may exist (isolated deployments).
+    pub sessions: bool,
+}
+
+/// What kind of thing a backend owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedKind {
+    /// A sandbox (Docker: a container, network holders included); `session` for the sandbox
+    /// of one session of an isolated deployment.
+    Sandbox {
+        /// The session it serves.
+        session: Option<String>,
+    },
+    /// A place (Docker: a network); `ahead` when it was provisioned before its deployment's
+    /// create (see [`SandboxBackend::provision`]).
+    Place {
+        /// Provisioned ahead.
+        ahead: bool,
+    },
+    /// An identity the backend made (Docker: a host account).
+    Identity,
+}
+
+/// Something a backend made for a deployment, as [`SandboxBackend::list_owned`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    /// What it is.
+    pub kind: OwnedKind,
+    /// The backend's id of it (for an identity: the account name).
+    pub id: String,
+    /// The deployment it belongs to (or will, for a place provisioned ahead).
+    pub deployment_id: String,
+}
+
+/// What a backend can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Docker could not be reached (socket missing, connection refused, timeout).
-    Unreachable,
-    /// Docker answered with an error (a 4xx/5xx of its API).
-    Rejected,
-    /// The thing asked for does not exist.
-    NotFound,
-    /// A host command failed or a pool is exhausted.
-    Host,
+pub struct Capacity {
+    /// Places in use and in all (Docker: subnets of `NETWORK_POOL`), when bounded.
+    pub places: Option<(u64, u64)>,
+    /// How many places `deployments` keeps provisioned ahead (Docker: `NETWORK_SPARES`).
+    pub ahead: usize,
 }
 
-impl RuntimeError {
-    /// Classifies the failure for the HTTP answer.
-    pub fn kind(&self) -> FailureKind {
-        match self {
-            RuntimeError::Connect(_) => FailureKind::Unreachable,
-            RuntimeError::Docker { source, .. } => classify(source),
-            RuntimeError::Pull {
-                not_found: true, ..
-            } => FailureKind::NotFound,
-            RuntimeError::Pull { .. } => FailureKind::Rejected,
-            RuntimeError::User { .. }
-            | RuntimeError::UidsExhausted { .. }
-            | RuntimeError::SubnetsExhausted { .. } => FailureKind::Host,
-        }
-    }
-
-    /// Whether Docker refused a network because its subnet overlaps another network's.
-    pub fn is_subnet_overlap(&self) -> bool {
-        matches!(
-            self,
-            RuntimeError::Docker {
-                source: bollard::errors::Error::DockerResponseServerError { message, .. },
-                ..
-            } if message.contains("overlaps")
-        )
-    }
-
-    /// Whether the error says the object is already gone.
-    pub fn is_not_found(&self) -> bool {
-        self.kind() == FailureKind::NotFound
-    }
+/// A backend's name as a sentence shows it (`docker` → `Docker`).
+pub fn backend_title(name: &str) -> String {
+    let mut chars = name.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
-fn classify(e: &bollard::errors::Error) -> FailureKind {
-    use bollard::errors::Error as E;
-    match e {
-        E::DockerResponseServerError {
-            status_code: 404, ..
-        } => FailureKind::NotFound,
-        E::DockerResponseServerError { .. } | E::DockerContainerWaitError { .. } => {
-            FailureKind::Rejected
-        }
-        E::JsonDataError { .. } | E::JsonSerdeError { .. } => FailureKind::Rejected,
-        _ => FailureKind::Unreachable,
-    }
-}
+/// A backend that runs sandboxes. See the module documentation for what every
+/// implementation guarantees.
+#[async_trait::async_trait]
+pub trait SandboxBackend: Send + Sync + 'static {
+    /// The backend's name in messages and in the readiness check (`docker`).
+    fn name(&self) -> &'static str;
 
-/// Attaches the operation to a bollard error, and counts it (not-found answers are
-/// expected, e.g. removing what is gone, and are not counted).
-fn docker_err(op: &'static str) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
-    move |source| {
-        if classify(&source) != FailureKind::NotFound {
-            METRICS
-                .docker_errors
-                .get_or_create(&DockerLabels { operation: op })
-                .inc();
-        }
-        RuntimeError::Docker { op, source }
-    }
-}
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<(), RuntimeError>;
 
-/// Settings of the sandboxes, from the configuration.
-#[derive(Debug, Clone)]
-pub struct RuntimeSettings {
-    /// OCI runtime name (`runsc`).
-    pub oci_runtime: String,
-    /// DNS servers of the containers.
-    pub dns: Vec<String>,
-    /// Pids limit of each container.
-    pub pids_limit: i64,
-    /// Size cap of each container's json-file log, in MB.
-    pub log_max_mb: u64,
-    /// This instance's id (label value).
-    pub instance_id: String,
-}
+    /// What the backend can hold and how many places to keep provisioned ahead.
+    fn capacity(&self) -> Capacity;
 
-/// The Docker client plus the settings every sandbox shares.
-#[derive(Debug, Clone)]
-pub struct Runtime {
-    docker: Docker,
-    settings: Arc<RuntimeSettings>,
-    /// Caps concurrent Docker API calls so a burst of creates cannot swamp the daemon.
-    permits: Arc<Semaphore>,
-    /// One pull at a time per image.
-    pulls: Arc<image::KeyedLocks>,
-    /// Docker API requests made through this client.
-    requests: Arc<std::sync::atomic::AtomicU64>,
-    /// Whether the network holder image is there (known once asked).
-    holder_image: Arc<tokio::sync::OnceCell<bool>>,
-}
+    /// Requests made to the backend's API so far (tests check that MCP traffic to a running
+    /// deployment makes none).
+    fn requests_made(&self) -> u64;
 
-impl Runtime {
-    /// Makes a client for `docker_host` (Docker's defaults when `None`). Does not contact the
-    /// daemon: mcp-runner starts even while Docker is down and reports it in readiness.
-    pub fn connect(
-        docker_host: Option<&str>,
-        settings: RuntimeSettings,
-        concurrency: usize,
-    ) -> Result<Runtime, RuntimeError> {
-        let docker = match docker_host {
-            Some(host) => Docker::connect_with_host(host),
-            None => Docker::connect_with_defaults(),
-        }
-        .map_err(RuntimeError::Connect)?
-        // Long enough for a 10 s stop grace period plus a slow daemon.
-        .with_timeout(Duration::from_secs(120));
-        Ok(Runtime {
-            docker,
-            settings: Arc::new(settings),
-            permits: Arc::new(Semaphore::new(concurrency)),
-            requests: Arc::default(),
-            pulls: Arc::default(),
-            holder_image: Arc::default(),
-        })
-    }
+    /// IDs (UIDs and GIDs) that something else on the backend's hosts uses: a deployment's
+    /// UID is picked outside them.
+    async fn taken_ids(&self) -> Result<HashSet<u32>, RuntimeError>;
 
-    /// Negotiates the API version with the daemon (Docker 20.10 speaks 1.41) and checks that it
-    /// answers.
-    pub async fn negotiate(self) -> Result<Runtime, RuntimeError> {
-        let docker = self
-            .docker
-            .clone()
-            .negotiate_version()
-            .await
-            .map_err(docker_err("negotiate the API version"))?;
-        Ok(Runtime { docker, ..self })
-    }
+    /// Provisions the place of a deployment to come, ahead of its create: the network, the
+    /// identity, and whatever lets its first sandbox start sooner (Docker: a network holder).
+    async fn provision(&self, identity: &Identity) -> Result<Place, RuntimeError>;
 
-    /// Whether the daemon answers.
-    pub async fn ping(&self) -> Result<(), RuntimeError> {
-        let _permit = self.permit("answer a ping").await;
-        self.docker
-            .ping()
-            .await
-            .map_err(docker_err("answer a ping"))?;
-        Ok(())
-    }
+    /// Removes a place provisioned ahead that no create will use.
+    async fn discard(&self, identity: &Identity, place: &Place) -> Result<(), RuntimeError>;
 
-    /// The OCI runtimes the daemon knows (to check `DOCKER_RUNTIME` at start-up).
-    pub async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
-        let _permit = self.permit("describe itself").await;
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(docker_err("describe itself"))?;
-        Ok(info
-            .runtimes
-            .map(|r| r.into_keys().collect())
-            .unwrap_or_default())
-    }
+    /// Makes the sandbox of `spec`, not started: on `place` when given (provisioned ahead,
+    /// or the deployment's own for a session sandbox), otherwise on a place made now with the
+    /// identity. The image is pulled when missing. `starts_soon` says the sandbox will be
+    /// started right after (the backend may prepare for that).
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        place: Option<&Place>,
+        starts_soon: bool,
+    ) -> Result<Created, RuntimeError>;
 
-    /// Docker API requests made through this client so far (start-up's version negotiation
-    /// aside).
-    pub fn requests_made(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
+    /// Starts the sandbox `sandbox` of `spec` on `place`; `None` when it does not exist.
+    /// Without `attach`, one that runs already is left as it is; with `attach`, its process
+    /// is started afresh (stopped first when it runs) with stdio attached before the start,
+    /// so that no output is missed.
+    async fn start(
+        &self,
+        spec: &SandboxSpec,
+        sandbox: &str,
+        place: &Place,
+        attach: bool,
+    ) -> Result<Option<Started>, RuntimeError>;
 
-    /// Counts a Docker API request by operation (`mcp_runner_docker_requests_total`).
-    fn count_request(&self, operation: &'static str) {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        METRICS
-            .docker_requests
-            .get_or_create(&DockerLabels { operation })
-            .inc();
-    }
+    /// Stops the sandbox of an idle deployment and releases what a stopped sandbox does not
+    /// need; may replace it by an equivalent one (see the module's guarantees).
+    async fn pause(
+        &self,
+        spec: &SandboxSpec,
+        sandbox: &str,
+        place: &Place,
+    ) -> Result<Option<Replacement>, RuntimeError>;
 
-    /// This instance's id.
-    pub fn instance_id(&self) -> &str {
-        &self.settings.instance_id
-    }
+    /// Completes a replacement: the old sandbox goes.
+    async fn commit(&self, replacement: &Replacement) -> Result<(), RuntimeError>;
 
-    /// Waits for a slot under the cap on concurrent Docker operations, counting the request
-    /// `operation` about to be made.
-    async fn permit(&self, operation: &'static str) -> Option<SemaphorePermit<'_>> {
-        self.count_request(operation);
-        // The semaphore is never closed; `None` would only mean no cap.
-        self.permits.acquire().await.ok()
-    }
+    /// Undoes a replacement: the new sandbox goes, the old one is as before.
+    async fn abort(&self, replacement: &Replacement);
 
-    /// The labels of an object belonging to `deployment_id`.
-    fn labels(&self, deployment_id: &str) -> std::collections::HashMap<String, String> {
-        [
-            (LABEL_MANAGED_BY, MANAGED_BY),
-            (LABEL_INSTANCE, self.settings.instance_id.as_str()),
-            (LABEL_DEPLOYMENT, deployment_id),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    }
+    /// Stops and removes one sandbox (a session's).
+    async fn remove_sandbox(&self, sandbox: &str) -> Result<(), RuntimeError>;
 
-    /// The label filter that finds this instance's objects.
-    fn instance_filter(&self) -> std::collections::HashMap<String, Vec<String>> {
-        std::collections::HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
-                format!("{LABEL_INSTANCE}={}", self.settings.instance_id),
-            ],
-        )])
-    }
-}
+    /// The state of a sandbox, `None` when it does not exist.
+    async fn state(&self, sandbox: &str) -> Result<Option<SandboxState>, RuntimeError>;
 
-/// The Docker name of a deployment's container and network.
-pub fn object_name(deployment_id: &str) -> String {
-    format!("mcp-runner-{deployment_id}")
+    /// The address of a running sandbox on its place, `None` while it has none.
+    async fn address(&self, sandbox: &str, place: &Place) -> Result<Option<IpAddr>, RuntimeError>;
+
+    /// The stderr of a running sandbox from `since` (Unix seconds; 0: all it kept), until it
+    /// stops.
+    fn stderr(&self, sandbox: &str, since: i64) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
+
+    /// Removes everything of a deployment: its session sandboxes, its sandbox, its place and
+    /// its identity.
+    async fn teardown(&self, teardown: &Teardown) -> Result<(), RuntimeError>;
+
+    /// Everything of this instance that the backend holds.
+    async fn list_owned(&self) -> Result<Vec<Owned>, RuntimeError>;
+
+    /// Removes one thing `list_owned` found.
+    async fn remove_owned(&self, owned: &Owned) -> Result<(), RuntimeError>;
 }

@@ -32,7 +32,6 @@ struct Row {
     created_at: i64,
     last_interaction_at: i64,
     session_mode: String,
-    subnet: Option<String>,
 }
 
 impl Row {
@@ -62,7 +61,6 @@ impl Row {
                 .ok_or_else(|| corrupt(format!("unknown status {}", self.status)))?,
             container_id: self.container_id,
             network_id: self.network_id,
-            subnet: self.subnet,
             image: self.image,
             username: self.username,
             uid: uid32(self.uid, "uid")?,
@@ -114,8 +112,7 @@ macro_rules! columns {
     () => {
         "id, status, container_id, network_id, image, username, uid, gid, max_memory, \
          max_cpus, args, env, metadata, transport, stderr, pause_after_seconds, \
-         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at, session_mode, \
-         subnet"
+         delete_after_seconds, pause_at, delete_at, created_at, last_interaction_at, session_mode"
     };
 }
 
@@ -131,7 +128,7 @@ impl Store {
         let result = sqlx::query(concat!(
             "INSERT INTO deployments (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&d.id)
         .bind(d.status.as_str())
@@ -155,7 +152,6 @@ impl Store {
         .bind(d.created_at)
         .bind(d.last_interaction_at)
         .bind(d.session_mode.as_str())
-        .bind(&d.subnet)
         .execute(&self.pool)
         .await;
         match result {
@@ -164,8 +160,6 @@ impl Store {
                 let msg = e.message();
                 Err(StoreError::Taken(if msg.contains("uid") {
                     "uid"
-                } else if msg.contains("subnet") {
-                    "subnet"
                 } else if msg.contains("username") {
                     "username"
                 } else {
@@ -215,36 +209,12 @@ impl Store {
             .collect())
     }
 
-    /// Moves a row to another subnet; `Taken("subnet")` when a row holds it already.
-    pub async fn set_subnet(&self, id: &str, subnet: &str) -> Result<(), StoreError> {
-        let result = sqlx::query("UPDATE deployments SET subnet = ? WHERE id = ?")
-            .bind(subnet)
-            .bind(id)
-            .execute(&self.pool)
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Taken("subnet"))
-            }
-            Err(e) => Err(query_err("set subnet")(e)),
-        }
-    }
-
     /// The number of rows in each status.
     pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as("SELECT status, COUNT(*) FROM deployments GROUP BY status")
             .fetch_all(&self.pool)
             .await
             .map_err(query_err("count deployments"))
-    }
-
-    /// Every subnet held by a row.
-    pub async fn used_subnets(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar("SELECT subnet FROM deployments WHERE subnet IS NOT NULL")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("list subnets"))
     }
 
     /// Records the container and network of a freshly made deployment and its status.

@@ -1,4 +1,7 @@
 //! The only module with SQL: `Store { pool }` over SQLite (WAL), migrations at start-up.
+//!
+//! The `subnet` column (migration 0003) is no longer written: the Docker backend keeps a
+//! deployment network's subnet on the network itself (see `runtime::docker::subnet`).
 
 mod deployments;
 
@@ -33,7 +36,7 @@ pub enum StoreError {
         /// Cause.
         source: sqlx::Error,
     },
-    /// A unique column (uid, username) already holds the value.
+    /// A unique column (uid, username, id) already holds the value.
     #[error("{0} already taken")]
     Taken(&'static str),
     /// A row holds data this version cannot read.

@@ -1,22 +1,22 @@
 //! Network holders: a container that does nothing but keep a deployment's network namespace,
-//! started ahead of the deployment's create with its spare network.
+//! started when the deployment's place is provisioned ahead of its create.
 //!
 //! Docker 20.10 joins a container to a user-defined network inside the runtime's prestart
 //! hook: it moves the veth into the new namespace and starts the embedded DNS resolver there
 //! (a re-run of the dockerd binary and eleven `iptables` calls), while the sandbox waits.
 //! That is 150–210 ms of every start on this host, against 90 ms on the default bridge. A
 //! container started in the namespace of a running holder (`container:<holder>`) skips all
-//! of it, so a create with `autoStart` that takes a spare with a holder starts its server
-//! that much sooner, on the same network with the same address rules.
+//! of it, so a create with `autoStart` that takes a place provisioned ahead with a holder
+//! starts its server that much sooner, on the same network with the same address rules.
 //!
 //! The holder is a static program of about 130 bytes built into mcp-runner (an endless
 //! `pause()` loop; `ppoll` on arm64), imported once as a local image. It runs under runc as
 //! `nobody` with no capability, a read-only root, 8 MiB of memory (Docker's minimum is 6)
-//! and 4 tasks; it reads no input and runs no code of the deployment. Only the deployment's first container uses it (restarts
-//! included). A pause stops the holder with the container, or, when the container wrote
-//! nothing to its own file system, replaces the container by one on the deployment's network
-//! and removes the holder (see `Deployments::release_holder`): a paused deployment keeps
-//! nothing running.
+//! and 4 tasks; it reads no input and runs no code of the deployment. Only the deployment's
+//! first container uses it (restarts included). A pause stops the holder with the
+//! container, or, when the container wrote nothing to its own file system, replaces the
+//! container by one on the deployment's network and removes the holder (see
+//! `holders.rs`): a paused deployment keeps nothing running.
 
 use std::collections::HashMap;
 
@@ -24,7 +24,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, CreateImageOptions};
 use futures_util::StreamExt;
 
-use super::{Runtime, RuntimeError, docker_err, object_name};
+use super::{Client, DockerError, docker_err, object_name};
 
 /// The holder image (made locally, never pulled).
 pub const HOLDER_IMAGE: &str = "mcp-runner-netns:1";
@@ -140,10 +140,10 @@ fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
     tar
 }
 
-impl Runtime {
+impl Client {
     /// Makes sure the holder image exists (imported from the built-in program the first
     /// time); false on a machine the program is not built for.
-    async fn ensure_holder_image(&self) -> Result<bool, RuntimeError> {
+    async fn ensure_holder_image(&self) -> Result<bool, DockerError> {
         let Some(program) = program() else {
             return Ok(false);
         };
@@ -181,7 +181,7 @@ impl Runtime {
         &self,
         deployment_id: &str,
         network_id: &str,
-    ) -> Result<Option<String>, RuntimeError> {
+    ) -> Result<Option<String>, DockerError> {
         if !self.ensure_holder_image().await? {
             return Ok(None);
         }
@@ -230,7 +230,7 @@ impl Runtime {
     }
 
     /// Removes the network holder of `deployment_id`; none is fine.
-    pub async fn remove_holder(&self, deployment_id: &str) -> Result<(), RuntimeError> {
+    pub async fn remove_holder(&self, deployment_id: &str) -> Result<(), DockerError> {
         self.remove_container(&holder_name(deployment_id)).await
     }
 }

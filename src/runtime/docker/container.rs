@@ -1,4 +1,5 @@
-//! Deployment containers: the sandbox settings, and the container life cycle.
+//! Deployment containers: the sandbox settings (every one explained in the README's security
+//! model), and the container life cycle.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,11 +14,12 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::{LABEL_DEPLOYMENT, LABEL_SESSION, Runtime, RuntimeError, docker_err, object_name};
+use super::{Client, DockerError, LABEL_DEPLOYMENT, LABEL_SESSION, docker_err, object_name};
 
-/// What a deployment asks of its container.
+/// A container to make: a [`crate::runtime::SandboxSpec`] with its network (a network id, or
+/// `container:<holder>` to join a network holder's namespace).
 #[derive(Debug, Clone)]
-pub struct SandboxSpec {
+pub struct ContainerSpec {
     /// Deployment id (labels, names).
     pub deployment_id: String,
     /// Image reference.
@@ -71,16 +73,21 @@ pub struct ManagedContainer {
 
 const MIB: i64 = 1024 * 1024;
 
+/// Docker's stop grace in whole seconds.
+pub(super) fn grace_secs() -> i32 {
+    i32::try_from(crate::runtime::STOP_GRACE.as_secs()).unwrap_or(i32::MAX)
+}
+
 /// The pids cgroup limit for a workload limit of `nproc` tasks: room for gVisor's own host
 /// threads (about 50 at idle and 8 per sandboxed task with the ptrace platform, measured).
 pub fn host_pids_limit(nproc: i64) -> i64 {
     nproc.saturating_mul(8).saturating_add(256)
 }
 
-impl Runtime {
+impl Client {
     /// The Docker container configuration of a sandbox. Every setting is explained in the
     /// README's security section.
-    pub fn container_config(&self, spec: &SandboxSpec) -> ContainerCreateBody {
+    pub fn container_config(&self, spec: &ContainerSpec) -> ContainerCreateBody {
         let s = &self.settings;
         let memory = spec
             .memory_mb
@@ -161,7 +168,7 @@ impl Runtime {
     }
 
     /// Creates the container of a sandbox; returns its id.
-    pub async fn create_container(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
         let _permit = self.permit("create the container").await;
         let name = match &spec.session {
             Some(session) => format!(
@@ -181,7 +188,7 @@ impl Runtime {
     }
 
     /// Starts a container; one already running is fine.
-    pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
         let _permit = self.permit("start the container").await;
         match self.docker.start_container(id, None).await {
             Ok(()) => Ok(()),
@@ -195,7 +202,7 @@ impl Runtime {
 
     /// Stops a container: SIGTERM, then SIGKILL after `grace_secs`. One already stopped or
     /// gone is fine.
-    pub async fn stop_container(&self, id: &str, grace_secs: i32) -> Result<(), RuntimeError> {
+    pub async fn stop_container(&self, id: &str, grace_secs: i32) -> Result<(), DockerError> {
         let _permit = self.permit("stop the container").await;
         let options = StopContainerOptionsBuilder::default().t(grace_secs).build();
         match self.docker.stop_container(id, Some(options)).await {
@@ -211,7 +218,7 @@ impl Runtime {
     }
 
     /// Removes a container (killing it if it still runs); one already gone is fine.
-    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         let _permit = self.permit("remove the container").await;
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(id, Some(options)).await {
@@ -234,7 +241,7 @@ impl Runtime {
         &self,
         id: &str,
         size: bool,
-    ) -> Result<Option<bollard::models::ContainerInspectResponse>, RuntimeError> {
+    ) -> Result<Option<bollard::models::ContainerInspectResponse>, DockerError> {
         let _permit = self.permit("inspect the container").await;
         let options = bollard::query_parameters::InspectContainerOptions { size };
         match self.docker.inspect_container(id, Some(options)).await {
@@ -252,7 +259,7 @@ impl Runtime {
 
     /// The image id a container was made from and the bytes it wrote to its own file
     /// system layer; `None` when it does not exist.
-    pub async fn container_layer(&self, id: &str) -> Result<Option<(String, i64)>, RuntimeError> {
+    pub async fn container_layer(&self, id: &str) -> Result<Option<(String, i64)>, DockerError> {
         Ok(self
             .inspect(id, true)
             .await?
@@ -260,7 +267,7 @@ impl Runtime {
     }
 
     /// Renames a container.
-    pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+    pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), DockerError> {
         let _permit = self.permit("rename the container").await;
         let options = bollard::query_parameters::RenameContainerOptions {
             name: name.to_owned(),
@@ -272,7 +279,7 @@ impl Runtime {
     }
 
     /// The state of a container, `None` when it does not exist.
-    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    pub async fn container_state(&self, id: &str) -> Result<Option<ContainerState>, DockerError> {
         Ok(self.inspect(id, false).await?.map(|info| {
             let state = info.state.unwrap_or_default();
             ContainerState {
@@ -292,7 +299,7 @@ impl Runtime {
     }
 
     /// Every container of this instance, running or not.
-    pub async fn list_containers(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+    pub async fn list_containers(&self) -> Result<Vec<ManagedContainer>, DockerError> {
         let _permit = self.permit("list containers").await;
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -322,7 +329,7 @@ impl Runtime {
         &self,
         id: &str,
         since: i64,
-    ) -> impl Stream<Item = Result<Bytes, RuntimeError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Bytes, DockerError>> + Send + 'static {
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(false)
@@ -337,10 +344,10 @@ impl Runtime {
     }
 }
 
-fn is_conflict(err: &RuntimeError) -> bool {
+fn is_conflict(err: &DockerError) -> bool {
     matches!(
         err,
-        RuntimeError::Docker {
+        DockerError::Docker {
             source: bollard::errors::Error::DockerResponseServerError {
                 status_code: 409,
                 ..

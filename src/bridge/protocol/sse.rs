@@ -1,8 +1,61 @@
-//! A Server-Sent Events parser for the streams of HTTP upstreams: bytes in any chunking,
-//! events out (`event`, `data`, `id`). Comments and `retry` are consumed; events with no data
-//! (priming events) are reported too, so callers can track ids.
+//! Server-Sent Events on the wire. Outgoing: the events the bridge writes on its clients'
+//! streams, their framing and their ids (`<stream>_<seq>`, for `Last-Event-ID`). Incoming: a
+//! parser for the streams of HTTP upstreams, bytes in any chunking, events out (`event`,
+//! `data`, `id`); comments and `retry` are consumed, and events with no data (priming events)
+//! are reported too, so callers can track ids.
 
-/// One parsed event.
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One SSE event for a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// Event id (`None` on the legacy front, which has no resumption).
+    pub id: Option<String>,
+    /// Event name (`message`, or `endpoint` on the legacy front).
+    pub event: &'static str,
+    /// The data (a JSON-RPC message; empty for a priming event).
+    pub data: Arc<str>,
+}
+
+/// The bytes of one event. An event without data is a priming event: its id lets the client
+/// resume before any message came, and `retry` tells it how soon to reconnect.
+pub fn frame(e: &SseEvent) -> Bytes {
+    let mut out = String::with_capacity(e.data.len() + 48);
+    if let Some(id) = &e.id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    if e.data.is_empty() {
+        out.push_str("retry: 3000\ndata: \n\n");
+    } else {
+        out.push_str("event: ");
+        out.push_str(e.event);
+        out.push('\n');
+        for line in e.data.split('\n') {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    Bytes::from(out)
+}
+
+/// The SSE event id of event `seq` on stream `stream`.
+pub fn event_id(stream: u64, seq: u64) -> String {
+    format!("{stream}_{seq}")
+}
+
+/// Parses a `Last-Event-ID` made by [`event_id`].
+pub fn parse_event_id(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.trim().split_once('_')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// One event parsed from an upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
     /// `event:` field (`message` when absent).
@@ -13,7 +66,7 @@ pub struct Event {
     pub id: Option<String>,
 }
 
-/// Incremental parser.
+/// Incremental parser of an upstream's stream.
 #[derive(Debug, Default)]
 pub struct Parser {
     line: Vec<u8>,
@@ -129,6 +182,25 @@ mod tests {
         p.push(input);
         assert_eq!(p.retry(), Some(3000));
         assert_eq!(p.last_id(), Some("1/2"));
+    }
+
+    #[test]
+    fn sse_frames() {
+        let msg = SseEvent {
+            id: Some("2_5".into()),
+            event: "message",
+            data: Arc::from("{\"a\":1}"),
+        };
+        assert_eq!(
+            &frame(&msg)[..],
+            b"id: 2_5\nevent: message\ndata: {\"a\":1}\n\n"
+        );
+        let prime = SseEvent {
+            id: Some("2_0".into()),
+            event: "message",
+            data: Arc::from(""),
+        };
+        assert_eq!(&frame(&prime)[..], b"id: 2_0\nretry: 3000\ndata: \n\n");
     }
 
     #[test]

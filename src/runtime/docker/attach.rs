@@ -2,37 +2,22 @@
 //! and stderr, split here into the protocol path (stdout) and the diagnostics path (stderr),
 //! and the container's address on its own network, for HTTP servers.
 
-use std::pin::Pin;
-
 use bollard::container::LogOutput;
 use bollard::query_parameters::AttachContainerOptionsBuilder;
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
-use super::{Runtime, RuntimeError, docker_err};
+use super::{Client, DockerError, docker_err};
+use crate::runtime::{Attached, RuntimeError};
 
-/// A stdio attachment: stdout chunks (Docker's frames already demultiplexed, in any size), a
-/// writer to stdin, and the stderr chunks.
-pub struct Attached {
-    /// stdout bytes, chunked as Docker's frames arrive.
-    pub stdout: BoxStream<'static, Result<Bytes, RuntimeError>>,
-    /// The container's stdin.
-    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
-    /// stderr bytes. They arrive while `stdout` is read (one connection carries both), and
-    /// the stream ends with it.
-    pub stderr: BoxStream<'static, Result<Bytes, RuntimeError>>,
-}
-
-impl Runtime {
+impl Client {
     /// Attaches to stdin, stdout and stderr of a container. Attach before starting it so that
     /// no output is missed.
     ///
     /// stderr comes from this connection rather than from Docker's logs API: following the
     /// logs makes dockerd decode its log file, protocol lines included, a second time.
-    pub async fn attach_stdio(&self, id: &str) -> Result<Attached, RuntimeError> {
+    pub async fn attach_stdio(&self, id: &str) -> Result<Attached, DockerError> {
         let _permit = self.permit("attach to the container").await;
         let options = AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -50,7 +35,7 @@ impl Runtime {
         let (stderr_tx, mut stderr_rx) = mpsc::unbounded_channel::<Bytes>();
         let stdout = attached
             .output
-            .map_err(|e| docker_err("read the container's stdout")(e))
+            .map_err(|e| RuntimeError::from(docker_err("read the container's stdout")(e)))
             .try_filter_map(move |out| {
                 let message = match out {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => Some(message),
@@ -80,7 +65,7 @@ impl Runtime {
         &self,
         container_id: &str,
         network_id: &str,
-    ) -> Result<Option<String>, RuntimeError> {
+    ) -> Result<Option<String>, DockerError> {
         let mut info = {
             let _permit = self.permit("inspect the container").await;
             self.docker

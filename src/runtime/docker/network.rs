@@ -1,13 +1,14 @@
-//! Per-deployment bridge networks with inter-container traffic off.
+//! Per-deployment bridge networks with inter-container traffic off, each on a subnet of its
+//! own from `NETWORK_POOL`.
 
 use std::collections::HashMap;
 
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 
-use crate::subnet::SubnetPool;
+use super::subnet::SubnetPool;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
-use super::{LABEL_DEPLOYMENT, LABEL_MADE_AHEAD, Runtime, RuntimeError, docker_err, object_name};
+use super::{Client, DockerError, LABEL_DEPLOYMENT, LABEL_MADE_AHEAD, docker_err, object_name};
 
 /// A network of this instance, as found by its labels.
 #[derive(Debug, Clone)]
@@ -19,9 +20,11 @@ pub struct ManagedNetwork {
     /// Made ahead of its deployment's create (`mcp-runner.made-ahead` label); while no row
     /// names `deployment_id` it is a spare.
     pub made_ahead: bool,
+    /// Its subnet, when it has one of its own.
+    pub subnet: Option<String>,
 }
 
-impl Runtime {
+impl Client {
     /// Creates the bridge network of a deployment, on `subnet` when given (else from
     /// Docker's default pools); returns its id. `made_ahead` labels a network made before
     /// its deployment exists.
@@ -30,7 +33,7 @@ impl Runtime {
         deployment_id: &str,
         subnet: Option<&str>,
         made_ahead: bool,
-    ) -> Result<String, RuntimeError> {
+    ) -> Result<String, DockerError> {
         let _permit = self.permit("create the network").await;
         let mut labels = self.labels(deployment_id);
         if made_ahead {
@@ -65,7 +68,7 @@ impl Runtime {
     }
 
     /// Removes a network; one already gone is not an error.
-    pub async fn remove_network(&self, network_id: &str) -> Result<(), RuntimeError> {
+    pub async fn remove_network(&self, network_id: &str) -> Result<(), DockerError> {
         let _permit = self.permit("remove the network").await;
         match self.docker.remove_network(network_id).await {
             Ok(()) => Ok(()),
@@ -77,7 +80,7 @@ impl Runtime {
     }
 
     /// The subnets of every Docker network on the host, whoever made it.
-    pub async fn docker_subnets(&self) -> Result<Vec<String>, RuntimeError> {
+    pub async fn docker_subnets(&self) -> Result<Vec<String>, DockerError> {
         let _permit = self.permit("list networks").await;
         let networks = self
             .docker
@@ -93,7 +96,7 @@ impl Runtime {
     }
 
     /// Every network of this instance.
-    pub async fn list_networks(&self) -> Result<Vec<ManagedNetwork>, RuntimeError> {
+    pub async fn list_networks(&self) -> Result<Vec<ManagedNetwork>, DockerError> {
         let _permit = self.permit("list networks").await;
         let options = ListNetworksOptionsBuilder::default()
             .filters(&self.instance_filter())
@@ -107,10 +110,15 @@ impl Runtime {
             .into_iter()
             .filter_map(|n| {
                 let mut labels = n.labels?;
+                let subnet = n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .and_then(|c| c.into_iter().find_map(|c| c.subnet));
                 Some(ManagedNetwork {
                     id: n.id?,
                     made_ahead: labels.contains_key(LABEL_MADE_AHEAD),
                     deployment_id: labels.remove(LABEL_DEPLOYMENT)?,
+                    subnet,
                 })
             })
             .collect())

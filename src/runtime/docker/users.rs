@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
-use super::RuntimeError;
+use super::DockerError;
+use crate::runtime::RuntimeError;
 
 /// A host account made by this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +58,7 @@ impl HostUsers {
         name: &str,
         id: u32,
         deployment_id: &str,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), DockerError> {
         let _guard = SHADOW_LOCK.lock().await;
         let id_s = id.to_string();
         run(
@@ -96,7 +97,7 @@ impl HostUsers {
     }
 
     /// Deletes the user `name` and its group; either already gone is fine.
-    pub async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+    pub async fn delete(&self, name: &str) -> Result<(), DockerError> {
         let _guard = SHADOW_LOCK.lock().await;
         run_allowing("delete the host user", "userdel", &[name], NO_SUCH_ENTRY).await?;
         // userdel removes the user's private group on most systems; make sure.
@@ -105,7 +106,7 @@ impl HostUsers {
     }
 
     /// Accounts of this instance, read from the passwd file.
-    pub async fn list(&self) -> Result<Vec<HostUser>, RuntimeError> {
+    pub async fn list(&self) -> Result<Vec<HostUser>, DockerError> {
         let passwd = read(&self.etc.join("passwd")).await?;
         let prefix = format!("mcp-runner/{}/", self.instance_id);
         Ok(parse_entries(&passwd)
@@ -121,7 +122,7 @@ impl HostUsers {
     }
 
     /// Every UID and GID in use on the host; a new deployment's id must be in neither.
-    pub async fn used_ids(&self) -> Result<HashSet<u32>, RuntimeError> {
+    pub async fn used_ids(&self) -> Result<HashSet<u32>, DockerError> {
         let passwd = read(&self.etc.join("passwd")).await?;
         let group = read(&self.etc.join("group")).await?;
         let mut ids: HashSet<u32> = parse_entries(&passwd).map(|e| e.id).collect();
@@ -130,7 +131,7 @@ impl HostUsers {
     }
 
     /// Whether the user `name` exists.
-    pub async fn exists(&self, name: &str) -> Result<bool, RuntimeError> {
+    pub async fn exists(&self, name: &str) -> Result<bool, DockerError> {
         let passwd = read(&self.etc.join("passwd")).await?;
         Ok(parse_entries(&passwd).any(|e| e.name == name))
     }
@@ -155,13 +156,13 @@ fn parse_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
-async fn read(path: &Path) -> Result<String, RuntimeError> {
-    tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| RuntimeError::User {
+async fn read(path: &Path) -> Result<String, DockerError> {
+    tokio::fs::read_to_string(path).await.map_err(|e| {
+        DockerError::Other(RuntimeError::Host {
             op: "read the account database",
             reason: format!("{}: {e}", path.display()),
         })
+    })
 }
 
 fn nologin_shell() -> &'static str {
@@ -171,7 +172,7 @@ fn nologin_shell() -> &'static str {
         .unwrap_or("/bin/false")
 }
 
-async fn run(op: &'static str, program: &str, args: &[&str]) -> Result<(), RuntimeError> {
+async fn run(op: &'static str, program: &str, args: &[&str]) -> Result<(), DockerError> {
     run_allowing(op, program, args, 0).await
 }
 
@@ -182,7 +183,7 @@ async fn run_allowing(
     program: &str,
     args: &[&str],
     also_ok: i32,
-) -> Result<(), RuntimeError> {
+) -> Result<(), DockerError> {
     let mut delay = Duration::from_millis(50);
     let mut attempt = 0;
     loop {
@@ -192,9 +193,11 @@ async fn run_allowing(
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|e| RuntimeError::User {
-                op,
-                reason: format!("{program}: {e}"),
+            .map_err(|e| {
+                DockerError::Other(RuntimeError::Host {
+                    op,
+                    reason: format!("{program}: {e}"),
+                })
             })?;
         let code = output.status.code().unwrap_or(-1);
         if code == 0 || code == also_ok {
@@ -207,10 +210,10 @@ async fn run_allowing(
             delay *= 2;
             continue;
         }
-        return Err(RuntimeError::User {
+        return Err(DockerError::Other(RuntimeError::Host {
             op,
             reason: format!("{program} exited with {code}: {stderr}"),
-        });
+        }));
     }
 }
 

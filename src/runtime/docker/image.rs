@@ -1,46 +1,18 @@
 //! Images: used when present locally, otherwise pulled with progress logged. Creates that
 //! need the same missing image at the same time share one pull.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 
 use crate::metrics::{METRICS, OutcomeLabels};
 
-use super::{FailureKind, Runtime, RuntimeError, classify, docker_err};
+use super::{Client, DockerError, classify, docker_err};
+use crate::domain::split_tag;
+use crate::runtime::{FailureKind, RuntimeError};
 
-/// One lock per key, held while the work for that key runs; entries go when unused.
-#[derive(Debug, Default)]
-pub struct KeyedLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    /// Runs `work` while holding the lock of `key`.
-    pub async fn with<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
-        let lock = self.map().entry(key.to_owned()).or_default().clone();
-        let result = {
-            let _held = lock.lock().await;
-            work.await
-        };
-        let mut map = self.map();
-        // Only the map and this caller hold it: nobody waits, forget it.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(key);
-        }
-        result
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Runtime {
+impl Client {
     /// Whether `image` is present locally.
-    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+    async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
         let _permit = self.permit("inspect the image").await;
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
@@ -56,7 +28,7 @@ impl Runtime {
 
     /// Makes sure `image` is present locally, pulling it when it is not. Concurrent callers
     /// for one missing image wait for a single pull.
-    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
         if self.has_image(image).await? {
             return Ok(());
         }
@@ -71,7 +43,7 @@ impl Runtime {
             .await
     }
 
-    async fn counted_pull(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn counted_pull(&self, image: &str) -> Result<(), DockerError> {
         let pulled = self.pull(image).await;
         let outcome = if pulled.is_ok() { "ok" } else { "error" };
         METRICS
@@ -81,7 +53,7 @@ impl Runtime {
         pulled
     }
 
-    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn pull(&self, image: &str) -> Result<(), DockerError> {
         let _permit = self.permit("pull the image").await;
         tracing::info!(image, "pulling image");
         let (from_image, tag) = split_tag(image);
@@ -126,36 +98,23 @@ impl Runtime {
 /// A failed pull; `status` is the HTTP status of Docker's answer when it refused at once. A
 /// 400 is a reference Docker cannot use (its grammar has more rules than the API checks, e.g.
 /// "repository name must not be more than 255 characters"): the image field is wrong.
-fn pull_error(image: &str, reason: String, status: Option<u16>) -> RuntimeError {
+fn pull_error(image: &str, reason: String, status: Option<u16>) -> DockerError {
     let lower = reason.to_ascii_lowercase();
     let not_found = matches!(status, Some(400 | 404))
         || lower.contains("not found")
         || lower.contains("does not exist")
         || lower.contains("pull access denied")
         || lower.contains("invalid reference format");
-    RuntimeError::Pull {
+    DockerError::Other(RuntimeError::Pull {
         image: image.to_owned(),
         reason,
         not_found,
-    }
-}
-
-/// Splits `repo[:tag][@digest]` into what the pull endpoint wants: a digest stays in the
-/// image part; a missing tag means `latest`.
-pub fn split_tag(image: &str) -> (&str, &str) {
-    if image.contains('@') {
-        return (image, "");
-    }
-    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[last_slash..].rfind(':') {
-        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
-        None => (image, "latest"),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{pull_error, split_tag};
+    use super::pull_error;
     use crate::runtime::FailureKind;
 
     #[test]
@@ -183,56 +142,5 @@ mod tests {
             pull_error("x", "connection refused".into(), None).kind(),
             FailureKind::Rejected
         );
-    }
-
-    #[test]
-    fn tags_and_registries_with_ports() {
-        assert_eq!(split_tag("alpine"), ("alpine", "latest"));
-        assert_eq!(split_tag("alpine:3.20"), ("alpine", "3.20"));
-        assert_eq!(
-            split_tag("registry:5000/team/img"),
-            ("registry:5000/team/img", "latest")
-        );
-        assert_eq!(
-            split_tag("registry:5000/team/img:v1"),
-            ("registry:5000/team/img", "v1")
-        );
-        assert_eq!(split_tag("img@sha256:abc"), ("img@sha256:abc", ""));
-    }
-}
-
-#[cfg(test)]
-mod keyed_tests {
-    use super::KeyedLocks;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test]
-    async fn concurrent_callers_of_one_key_share_the_work() {
-        let locks = Arc::new(KeyedLocks::default());
-        let done = Arc::new(AtomicUsize::new(0));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (locks, done, runs) = (locks.clone(), done.clone(), runs.clone());
-                tokio::spawn(async move {
-                    locks
-                        .with("image:1", async {
-                            // The check-then-work of ensure_image.
-                            if done.load(Ordering::SeqCst) == 0 {
-                                runs.fetch_add(1, Ordering::SeqCst);
-                                tokio::task::yield_now().await;
-                                done.store(1, Ordering::SeqCst);
-                            }
-                        })
-                        .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("task");
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert!(locks.map().is_empty(), "unused locks are forgotten");
     }
 }
