@@ -10,7 +10,6 @@ fn deployment(id: &str, uid: u32) -> Deployment {
         status: Status::Creating,
         container_id: None,
         network_id: None,
-        subnet: Some(format!("10.240.{}.0/28", uid % 256)),
         image: "img:1".to_owned(),
         username: format!("mcp-{id}"),
         uid,
@@ -46,8 +45,7 @@ async fn rows_round_trip_and_uids_are_unique() {
     let d = deployment("dp_a", 5000);
     store.insert(&d).await.expect("insert");
     assert_eq!(store.get("dp_a").await.expect("get"), Some(d.clone()));
-    let mut clash = deployment("dp_b", 5000);
-    clash.subnet = Some("10.241.0.0/28".to_owned());
+    let clash = deployment("dp_b", 5000);
     assert!(matches!(
         store.insert(&clash).await,
         Err(StoreError::Taken("uid"))

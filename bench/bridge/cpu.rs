@@ -5,8 +5,8 @@
 
 use std::ops::Sub;
 
-use crate::support::procfs::{tick_seconds, ticks};
-use crate::support::setup::SERVER_THREADS;
+use mcp_test_support::procfs::{tick_seconds, ticks};
+use mcp_test_support::server::SERVER_THREADS;
 
 /// Name prefix of the benchmark client's runtime threads.
 pub const CLIENT_THREADS: &str = "bench-client";

@@ -27,9 +27,6 @@
 //! with, `WORKER_THREADS`' default).
 
 mod cpu;
-#[allow(dead_code)] // every benchmark uses a part of it
-#[path = "../support/mod.rs"]
-mod support;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,10 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use cpu::{Cpu, CpuProbe, GROUPS};
-use support::api::fixture_deployment;
-use support::client::{Direct, Floor, Http, Sample, Transport, Work, drive};
-use support::setup::{self, DirectContainer, RunnerServer};
-use support::{env_list, env_or, ms, quantile};
+use mcp_test_support::bench::client::{Direct, Floor, Http, Sample, Transport, Work, drive};
+use mcp_test_support::bench::direct::DirectContainer;
+use mcp_test_support::bench::{self, env_list, env_or, fixture_deployment, ms, quantile};
+use mcp_test_support::docker::sweep;
+use mcp_test_support::server::{self, TestApp, Threads};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -89,38 +87,11 @@ impl Options {
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; there is nothing to parse.
-    if let Err(e) = setup::preflight("bridge") {
-        eprintln!("bridge benchmark: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let opts = match Options::from_env() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bridge benchmark: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    init_logging();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name(cpu::CLIENT_THREADS)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bridge benchmark: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(opts, cores)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bridge benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::main("bridge", Some(cpu::CLIENT_THREADS), |cores| {
+        let opts = Options::from_env()?;
+        init_logging();
+        Ok(run(opts, cores))
+    })
 }
 
 /// The server logs as in production (`info`, so the per-request spans exist), into a sink
@@ -144,33 +115,33 @@ fn init_logging() {
 }
 
 async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
-    let started = Instant::now();
-    tokio::task::spawn_blocking(setup::sweep_leftovers).await?;
-    eprintln!("building the fixture image {} …", setup::FIXTURE_IMAGE);
-    let t = Instant::now();
-    tokio::task::spawn_blocking(setup::build_fixture).await??;
-    eprintln!("fixture image ready in {:.1} s", t.elapsed().as_secs_f64());
-
     let mut container: Option<DirectContainer> = None;
-    let mut server: Option<RunnerServer> = None;
+    let mut server: Option<TestApp> = None;
     let mut deployment: Option<String> = None;
     let outcome = {
         let work = async {
             let t = Instant::now();
-            let (c, attached) = DirectContainer::start(&setup::instance_id("d")).await?;
+            let direct = sweep::instance_id(sweep::BENCH, "d");
+            let (c, attached) = DirectContainer::start(&direct).await?;
             let c = container.insert(c);
             let threads = match std::env::var("BENCH_SERVER_THREADS") {
                 Ok(n) => Some(n.parse().context("BENCH_SERVER_THREADS")?),
                 Err(_) => None,
             };
-            let s = RunnerServer::start(&setup::instance_id("s"), threads, &[]).await?;
+            let s = TestApp::start(server::Options {
+                prefix: sweep::BENCH,
+                test_tuning: false,
+                threads: Threads::Own(threads),
+                ..server::Options::default()
+            })
+            .await?;
             let s = server.insert(s);
             // The bridge starts it on the first session (attached before the start).
-            let created = s.api.create(&fixture_deployment(Some(false))).await?;
+            let created = s.try_create(&fixture_deployment(Some(false))).await?;
             let (dep, dep_container) = (created.id, created.container_id);
             deployment = Some(dep.clone());
             let direct = Direct::connect(attached).await.context("direct session")?;
-            let http = Http::connect(s.api.mcp_url(&dep))
+            let http = Http::connect(s.mcp_url(&dep))
                 .await
                 .context("bridge session")?;
             eprintln!(
@@ -182,7 +153,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
                 opts: &opts,
                 direct,
                 http: http.clone(),
-                floor: Floor::new(&s.api.url)?,
+                floor: Floor::new(&s.url)?,
                 ids: Arc::new(AtomicU64::new(1)),
                 probe: &probe,
             };
@@ -199,7 +170,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
     // Clean up whatever was made, whatever happened.
     let t = Instant::now();
     if let (Some(s), Some(dep)) = (&server, &deployment)
-        && let Err(e) = s.api.delete(dep).await
+        && let Err(e) = s.try_delete(dep).await
     {
         eprintln!("clean-up: {e:#}");
     }
@@ -207,7 +178,7 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
         c.remove().await;
     }
     if let Some(s) = server
-        && let Err(e) = s.stop().await
+        && let Err(e) = s.try_stop().await
     {
         eprintln!("clean-up: stopping the server: {e:#}");
     }
@@ -215,10 +186,6 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
 
     let report = outcome?;
     report.print(&opts, cores);
-    println!(
-        "\n(total time including the image build and clean-up: {:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -437,8 +404,8 @@ impl Report {
         println!();
         println!(
             "mcp-runner bridge benchmark: fixture `mcp-fixture` (stdio) under runsc, {MB} MB / {CPUS} CPU per container; {cores} host cores",
-            MB = setup::MEMORY_MB,
-            CPUS = setup::CPUS,
+            MB = bench::MEMORY_MB,
+            CPUS = bench::CPUS,
         );
         println!(
             "tools/call echo: {} calls per case (at most {:.0} s) after {} warm-up, {} alternating rounds; latency = send to response parsed",

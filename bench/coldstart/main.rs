@@ -13,7 +13,7 @@
 //!   so the create starts it), then `initialize`, `notifications/initialized` and the first
 //!   `tools/list` through `/mcp-server/{id}/mcp`;
 //! - the baseline, what `docker run -i` does: create a container with a deployment's sandbox
-//!   settings (mcp-runner's own `SandboxSpec`/`Runtime`: runsc, CapDrop ALL,
+//!   settings (mcp-runner's own `ContainerSpec`/Docker `Client`: runsc, CapDrop ALL,
 //!   no-new-privileges, memory/CPU/pids limits, init, UID 65534) on Docker's default `bridge`
 //!   network, attach to its stdio, start it, then `initialize`, `notifications/initialized`
 //!   and `tools/list` over the attach stream.
@@ -35,20 +35,21 @@
 //! into a sink).
 
 mod observe;
-#[allow(dead_code)] // every benchmark uses a part of it
-#[path = "../support/mod.rs"]
-mod support;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
-use mcp_runner::runtime::{HostUsers, Runtime, object_name};
+use mcp_runner::runtime::docker::{Client, DockerError, HostUsers, object_name};
+use mcp_test_support::Api;
+use mcp_test_support::bench::client::{Direct, Http, Transport, tool_names, tools_list_body};
+use mcp_test_support::bench::direct::{DirectContainer, direct_client, direct_spec};
+use mcp_test_support::bench::{self, env_or, fixture_deployment, ms, quantile};
+use mcp_test_support::docker::sweep;
+use mcp_test_support::fixture::BENCH_IMAGE;
+use mcp_test_support::poll;
+use mcp_test_support::server::{self, TestApp, Threads};
 use observe::{DockerEvent, DockerEvents, LogEvent, Recorder};
-use support::api::{Api, fixture_deployment};
-use support::client::{Direct, Http, Transport, tool_names, tools_list_body};
-use support::setup::{self, DirectContainer, RunnerServer};
-use support::{env_or, ms, quantile};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -95,41 +96,12 @@ const FRESH_NETWORK: &str = "fresh";
 const TARGET_RATIO: f64 = 1.2;
 
 fn main() -> ExitCode {
-    if let Err(e) = setup::preflight("coldstart") {
-        eprintln!("coldstart benchmark: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let opts = match Options::from_env() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("coldstart benchmark: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let recorder = Recorder::default();
-    if let Err(e) = init_logging(recorder.clone()) {
-        eprintln!("coldstart benchmark: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("coldstart benchmark: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(opts, cores, recorder)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("coldstart benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::main("coldstart", None, |cores| {
+        let opts = Options::from_env()?;
+        let recorder = Recorder::default();
+        init_logging(recorder.clone())?;
+        Ok(run(opts, cores, recorder))
+    })
 }
 
 /// Installs the recorder (mcp-runner's events at `info`, bollard's request lines at `debug`)
@@ -164,26 +136,27 @@ struct Live {
 }
 
 async fn run(opts: Options, cores: usize, recorder: Recorder) -> anyhow::Result<()> {
-    let started = Instant::now();
-    tokio::task::spawn_blocking(setup::sweep_leftovers).await?;
-    eprintln!("building the fixture image {} …", setup::FIXTURE_IMAGE);
-    let t = Instant::now();
-    tokio::task::spawn_blocking(setup::build_fixture).await??;
-    eprintln!("fixture image ready in {:.1} s", t.elapsed().as_secs_f64());
-
-    let direct_instance = setup::instance_id("d");
-    let server_instance = setup::instance_id("s");
-    let mut server: Option<RunnerServer> = None;
+    let direct_instance = sweep::instance_id(sweep::BENCH, "d");
+    let mut server: Option<TestApp> = None;
     let mut live = Live::default();
     let outcome = {
         let work = async {
             let events = DockerEvents::watch().context("watch Docker's events")?;
-            let runtime = setup::direct_runtime(&direct_instance).await?;
-            let s = server.insert(RunnerServer::start(&server_instance, None, &SERVER_ARGS).await?);
+            let client = direct_client(&direct_instance).await?;
+            let s = server.insert(
+                TestApp::start(server::Options {
+                    args: SERVER_ARGS.map(String::from).to_vec(),
+                    prefix: sweep::BENCH,
+                    test_tuning: false,
+                    threads: Threads::Own(None),
+                    ..server::Options::default()
+                })
+                .await?,
+            );
             let bench = Bench {
                 opts: &opts,
-                api: &s.api,
-                runtime: &runtime,
+                api: s.api(),
+                client: &client,
                 direct_instance: &direct_instance,
                 events: &events,
                 recorder: &recorder,
@@ -199,29 +172,27 @@ async fn run(opts: Options, cores: usize, recorder: Recorder) -> anyhow::Result<
     // Clean up whatever was made, whatever happened.
     let t = Instant::now();
     if let (Some(s), Some(dep)) = (&server, &live.deployment)
-        && let Err(e) = s.api.delete(dep).await
+        && let Err(e) = s.try_delete(dep).await
     {
         eprintln!("clean-up: {e:#}");
     }
     if let Some(c) = &live.container {
         c.remove().await;
     }
-    if let Some(s) = server
-        && let Err(e) = s.stop().await
-    {
-        eprintln!("clean-up: stopping the server: {e:#}");
+    let mut instances = vec![direct_instance];
+    if let Some(s) = server {
+        instances.push(s.instance.clone());
+        if let Err(e) = s.try_stop().await {
+            eprintln!("clean-up: stopping the server: {e:#}");
+        }
     }
-    for instance in [direct_instance, server_instance] {
-        tokio::task::spawn_blocking(move || setup::sweep_instance(&instance)).await?;
+    for instance in instances {
+        tokio::task::spawn_blocking(move || sweep::sweep_instance(&instance)).await?;
     }
     eprintln!("cleaned up in {:.1} s", t.elapsed().as_secs_f64());
 
     let report = outcome?;
     report.print(&opts, cores);
-    println!(
-        "\n(total time including the image build and clean-up: {:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -300,7 +271,7 @@ impl Timeline {
 struct Bench<'a> {
     opts: &'a Options,
     api: &'a Api,
-    runtime: &'a Runtime,
+    client: &'a Client,
     direct_instance: &'a str,
     events: &'a DockerEvents,
     recorder: &'a Recorder,
@@ -354,7 +325,7 @@ impl Bench<'_> {
         self.events.clear();
         let t0 = Instant::now();
         let w0 = SystemTime::now();
-        let created = self.api.create(&fixture_deployment(None)).await?;
+        let created = self.api.try_create(&fixture_deployment(None)).await?;
         let answered = Instant::now();
         live.deployment = Some(created.id.clone());
         if created.status != "running" {
@@ -370,7 +341,7 @@ impl Bench<'_> {
         check_tools(&reply.message)?;
         http.close().await;
         drop(http);
-        self.api.delete(&created.id).await?;
+        self.api.try_delete(&created.id).await?;
         live.deployment = None;
 
         let name = object_name(&created.id);
@@ -425,7 +396,7 @@ impl Bench<'_> {
     /// Times the image check and a host user's creation and deletion on their own, with the
     /// calls a create makes (the user belongs to the direct instance, in no server's range).
     async fn alone(&self, run: usize) -> Alone {
-        let timed = |r: Result<(), mcp_runner::runtime::RuntimeError>, t: Instant| match r {
+        let timed = |r: Result<(), DockerError>, t: Instant| match r {
             Ok(()) => Some(t.elapsed()),
             Err(e) => {
                 eprintln!("  timing a step alone failed: {e}");
@@ -433,7 +404,7 @@ impl Bench<'_> {
             }
         };
         let t = Instant::now();
-        let image = timed(self.runtime.ensure_image(setup::FIXTURE_IMAGE).await, t);
+        let image = timed(self.client.ensure_image(BENCH_IMAGE).await, t);
         let users = HostUsers::new(self.direct_instance);
         let name = format!("mcpb-{}-{run}", std::process::id());
         let uid = PROBE_UID + run as u32;
@@ -451,17 +422,17 @@ impl Bench<'_> {
     /// The Docker events `actions` of the object `name`, waiting for them a little (the
     /// event stream may lag the API).
     async fn docker_events(&self, name: &str, actions: &[&str]) -> Vec<DockerEvent> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let seen = self.events.of(name);
-            let complete = actions
-                .iter()
-                .all(|a| seen.iter().any(|e| e.kind == "container" && e.action == *a));
-            if complete || Instant::now() > deadline {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll::settle(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || std::future::ready(self.events.of(name)),
+            |seen| {
+                actions
+                    .iter()
+                    .all(|a| seen.iter().any(|e| e.kind == "container" && e.action == *a))
+            },
+        )
+        .await
     }
 
     /// One baseline cold start (`docker run -i` and the same three messages), then the
@@ -473,15 +444,15 @@ impl Bench<'_> {
             // Made like a deployment's network (bridge, ICC off, a /28), before the clock
             // starts; the final sweep removes it should the run fail.
             let subnet = format!("10.202.{}.0/28", run % 256);
-            self.runtime
+            self.client
                 .create_network(&name, Some(&subnet), false)
                 .await?
         } else {
             self.opts.baseline_network.clone()
         };
-        let spec = setup::direct_spec(&name, &network);
+        let spec = direct_spec(&name, &network);
         let t0 = Instant::now();
-        let (container, attached, launch) = DirectContainer::launch(self.runtime, &spec).await?;
+        let (container, attached, launch) = DirectContainer::launch(self.client, &spec).await?;
         let container = live.container.insert(container);
         let client = Direct::connect(attached).await?;
         let reply = client.call(1, tools_list_body(1)).await?;
@@ -491,7 +462,7 @@ impl Bench<'_> {
         container.remove().await;
         live.container = None;
         if fresh {
-            self.runtime.remove_network(&network).await?;
+            self.client.remove_network(&network).await?;
         }
         let since = |i: Instant| Some(i.saturating_duration_since(t0));
         let mut at: Vec<Option<Duration>> = vec![None; DIRECT_MARKS.len()];
@@ -613,8 +584,8 @@ impl Report {
         println!();
         println!(
             "mcp-runner cold-start benchmark: stdio deployment of `mcp-fixture` under runsc ({MB} MB, {CPUS} CPU); {runs} runs per side after {warm} warm-up pair(s), alternating; {cores} host cores",
-            MB = setup::MEMORY_MB,
-            CPUS = setup::CPUS,
+            MB = bench::MEMORY_MB,
+            CPUS = bench::CPUS,
             runs = opts.runs,
             warm = opts.warmup,
         );

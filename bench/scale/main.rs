@@ -30,11 +30,6 @@
 //! Knobs (environment): `SCALE_DEPLOYMENTS` (N, 500), `SCALE_RUNNING` (M, 100),
 //! `SCALE_CONCURRENCY` (requests in flight in the create, start and delete phases, 16).
 
-mod server;
-#[allow(dead_code)] // every benchmark uses a part of it
-#[path = "../support/mod.rs"]
-mod support;
-
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,12 +38,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::{StreamExt, TryStreamExt};
+use mcp_test_support::bench::client::{Http, Transport, tool_call_body, tool_text};
+use mcp_test_support::bench::{self, env_or, fixture_deployment, ms, quantile};
+use mcp_test_support::docker::sweep;
+use mcp_test_support::leftovers::{Leftovers, row_count};
+use mcp_test_support::server::child::{ChildServer, Settings};
+use mcp_test_support::{Api, procfs};
 use serde_json::{Value, json};
-use server::ChildServer;
-use support::api::{Api, fixture_deployment};
-use support::client::{Http, Transport, tool_call_body, tool_text};
-use support::setup;
-use support::{env_or, ms, procfs, quantile};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -80,54 +76,34 @@ const IDLE_RSS_TARGET_MB: f64 = 30.0;
 /// Resident memory it aims at with 500 deployments registered and 100 running.
 const LOADED_RSS_TARGET_MB: f64 = 100.0;
 
+/// Address pool of the server's deployment networks (4096 subnets of /28).
+const NETWORK_POOL: &str = "10.200.0.0/16";
+/// UID range of the server's host users, clear of the default one that tests use.
+const UID_RANGE: &str = "3900000-3999999";
+/// How long the stopping server may take (it deletes what is left of its deployments).
+const STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
 fn main() -> ExitCode {
-    if let Err(e) = setup::preflight("scale") {
-        eprintln!("scale benchmark: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let opts = match Options::from_env() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("scale benchmark: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("scale benchmark: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The server is spawned from this (the main) thread: its parent-death signal follows the
-    // thread that forked it.
-    match rt.block_on(run(opts, cores)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("scale benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    bench::main("scale", None, |cores| Ok(run(Options::from_env()?, cores)))
 }
 
 async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
-    let started = Instant::now();
-    tokio::task::spawn_blocking(setup::sweep_leftovers).await?;
-    eprintln!("building the fixture image {} …", setup::FIXTURE_IMAGE);
-    let t = Instant::now();
-    tokio::task::spawn_blocking(setup::build_fixture).await??;
-    eprintln!("fixture image ready in {:.1} s", t.elapsed().as_secs_f64());
-
-    let instance = setup::instance_id("scale");
-    let mut server = ChildServer::start(&instance).await?;
+    let instance = sweep::instance_id(sweep::BENCH, "scale");
+    let mut settings = Settings::new(
+        env!("CARGO_BIN_EXE_mcp-runner"),
+        instance.clone(),
+        NETWORK_POOL,
+        UID_RANGE,
+    );
+    // Whatever is left when it stops (after a failure) is deleted by the server itself.
+    settings.env = vec![("CLEANUP_ON_SHUTDOWN".into(), "true".into())];
+    settings.stop_timeout = STOP_TIMEOUT;
+    let mut server = ChildServer::start(settings).await?;
+    server.wait_ready().await?;
     eprintln!(
         "mcp-runner (pid {}, instance {instance}) ready at {}",
-        server.pid, server.api.url
+        server.pid(),
+        server.url
     );
     let outcome = {
         let work = measure(&opts, &server, &instance);
@@ -137,22 +113,17 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
         }
     };
 
-    // Stop the server (it deletes what is left with CLEANUP_ON_SHUTDOWN), then remove what
-    // still carries the instance's labels.
+    // Stop the server (it deletes what is left with CLEANUP_ON_SHUTDOWN), then look for what
+    // still carries the instance's labels (removed when `server` is dropped).
     let t = Instant::now();
     let stopped = server.stop().await;
     let rows = match &stopped {
-        Ok(_) => row_count(&server.db).await,
+        Ok(_) => Ok(row_count(&server.db_path).await),
         Err(_) => Err(anyhow!("the server did not stop")),
     };
     let left = {
         let instance = instance.clone();
-        tokio::task::spawn_blocking(move || {
-            let left = Leftovers::of(&instance);
-            setup::sweep_instance(&instance);
-            left
-        })
-        .await?
+        tokio::task::spawn_blocking(move || Leftovers::of(&instance)).await?
     };
     eprintln!(
         "server stopped and clean-up checked in {:.1} s",
@@ -175,10 +146,6 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
     }
     report.rows_left = rows.context("count the rows left")?;
     report.print(&opts, cores, &instance);
-    println!(
-        "\n(total time including the image build and clean-up: {:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
     if !report.left.is_empty() {
         bail!(
             "the deletes left {} of instance {instance} behind (removed now)",
@@ -195,14 +162,6 @@ async fn run(opts: Options, cores: usize) -> anyhow::Result<()> {
         bail!("{} rows left in the database", report.rows_left);
     }
     Ok(())
-}
-
-/// Rows in the server's database file (after it stopped).
-async fn row_count(db: &std::path::Path) -> anyhow::Result<usize> {
-    let store = mcp_runner::store::Store::open(db).await?;
-    let n = store.list().await?.len();
-    store.close().await;
-    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -240,79 +199,6 @@ struct Phase {
     latencies: Vec<Duration>,
     before: Reading,
     after: Reading,
-}
-
-/// What is left of an instance.
-#[derive(Debug, Default)]
-struct Leftovers {
-    containers: Vec<String>,
-    networks: Vec<String>,
-    users: Vec<String>,
-    /// Spares the running server keeps, a network, its holder and a host user each (not
-    /// counted as left).
-    spares: usize,
-}
-
-impl Leftovers {
-    fn of(instance: &str) -> Leftovers {
-        Leftovers {
-            containers: support::docker::containers_of(instance),
-            networks: support::docker::networks_of(instance),
-            users: support::docker::users_of(instance),
-            spares: 0,
-        }
-    }
-
-    /// What is left while the server still runs, once every deployment is deleted: the
-    /// networks made ahead and their host users are its spares, not leftovers (the check
-    /// after it stops counts them too).
-    fn while_running(instance: &str) -> Leftovers {
-        let mut left = Leftovers::of(instance);
-        let made_ahead = support::docker::made_ahead_networks_of(instance);
-        let spare_ids = support::docker::made_ahead_deployments_of(instance);
-        let spare_users: Vec<String> = spare_ids
-            .iter()
-            .filter_map(|id| Some(format!("mcp-{}", id.strip_prefix("dp_")?)))
-            .collect();
-        // A spare's network holder (label mcp-runner.role=netns) is part of the spare.
-        let filter = format!("label=mcp-runner.instance={instance}");
-        let format = "{{.ID}} {{.Label \"mcp-runner.deployment\"}}";
-        let holders = support::docker::docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &filter,
-            "--filter",
-            "label=mcp-runner.role=netns",
-            "--format",
-            format,
-        ]);
-        let spare_holders: Vec<&str> = holders
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, d)| spare_ids.iter().any(|s| s == d))
-            .map(|(c, _)| c)
-            .collect();
-        left.containers
-            .retain(|c| !spare_holders.contains(&c.as_str()));
-        left.networks.retain(|n| !made_ahead.contains(n));
-        left.users.retain(|u| !spare_users.contains(u));
-        left.spares = made_ahead.len();
-        left
-    }
-
-    fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.networks.is_empty() && self.users.is_empty()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} containers, {} networks, {} host users",
-            self.containers.len(),
-            self.networks.len(),
-            self.users.len()
-        )
-    }
 }
 
 struct Report {
@@ -358,8 +244,8 @@ where
 }
 
 async fn measure(opts: &Options, server: &ChildServer, instance: &str) -> anyhow::Result<Report> {
-    let pid = server.pid;
-    let api = &server.api;
+    let pid = server.pid();
+    let api: &Api = server;
     let c = opts.concurrency;
     let idle = read(pid)?;
     let mut phases = Vec::new();
@@ -370,7 +256,7 @@ async fn measure(opts: &Options, server: &ChildServer, instance: &str) -> anyhow
     let body = fixture_deployment(Some(false));
     let (created, latencies) = each("created", vec![(); opts.deployments], c, |()| {
         let body = &body;
-        async move { api.create(body).await }
+        async move { api.try_create(body).await }
     })
     .await
     .context("create phase")?;
@@ -407,7 +293,7 @@ async fn measure(opts: &Options, server: &ChildServer, instance: &str) -> anyhow
     // 3. List all N in one request.
     let before = read(pid)?;
     let t = Instant::now();
-    let all = api.list().await.context("list phase")?;
+    let all = api.try_list().await.context("list phase")?;
     let wall = t.elapsed();
     let after = read(pid)?;
     check_list(&all, &ids, opts.running)?;
@@ -425,7 +311,7 @@ async fn measure(opts: &Options, server: &ChildServer, instance: &str) -> anyhow
     let before = read(pid)?;
     let t = Instant::now();
     let (_, latencies) = each("deleted", ids.clone(), c, |id| async move {
-        api.delete(&id).await
+        api.try_delete(&id).await
     })
     .await
     .context("delete phase")?;
@@ -440,8 +326,7 @@ async fn measure(opts: &Options, server: &ChildServer, instance: &str) -> anyhow
     });
     eprintln!("deleted {} in {:.1} s", ids.len(), wall.as_secs_f64());
 
-    let instance = instance.to_owned();
-    let left = tokio::task::spawn_blocking(move || Leftovers::while_running(&instance)).await?;
+    let left = Leftovers::besides_spares(instance, &server.db_path).await;
     Ok(Report {
         idle,
         phases,

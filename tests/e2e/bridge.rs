@@ -6,11 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::support::docker::inspect;
-use crate::support::mcp::Client;
-use crate::support::{TestApp, eventually};
-
-const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+use mcp_test_support::docker::inspect;
+use mcp_test_support::mcp::{Client, raw};
+use mcp_test_support::{TestApp, eventually};
 
 fn mcp_url(app: &TestApp, id: &str) -> String {
     app.mcp_url(id)
@@ -146,7 +144,7 @@ async fn every_upstream_transport_through_both_fronts() {
 #[tokio::test]
 async fn traffic_to_a_running_deployment_makes_no_docker_request() {
     // No networks made ahead: their refills would be Docker requests of this server too.
-    let app = TestApp::spawn_with(crate::support::Options {
+    let app = TestApp::spawn_with(mcp_test_support::Options {
         args: vec!["--network-spares".into(), "0".into()],
         ..Default::default()
     })
@@ -167,7 +165,7 @@ async fn traffic_to_a_running_deployment_makes_no_docker_request() {
             Ok("2"),
             "{name}"
         );
-        let before = app.docker_requests();
+        let before = app.backend_requests();
         // New sessions on both fronts, calls, and their ends.
         for front in ["streamable", "legacy"] {
             let client = if front == "streamable" {
@@ -189,7 +187,7 @@ async fn traffic_to_a_running_deployment_makes_no_docker_request() {
             client.close().await;
         }
         assert_eq!(
-            app.docker_requests(),
+            app.backend_requests(),
             before,
             "{name}: Docker was asked during MCP traffic to a running deployment"
         );
@@ -257,163 +255,6 @@ async fn sixteen_sessions_share_one_stdio_process_without_crossing() {
     app.teardown().await;
 }
 
-async fn post(app: &TestApp, id: &str, session: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = app
-        .http
-        .post(mcp_url(app, id))
-        .header("accept", ACCEPT_BOTH)
-        .header("content-type", "application/json")
-        .json(body);
-    if let Some(s) = session {
-        req = req.header("mcp-session-id", s);
-    }
-    req.send().await.expect("post")
-}
-
-fn init_body(id: i64) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "0"}}})
-}
-
-/// A malformed POST: headers, body, expected status, expected JSON-RPC error code.
-type BadPost<'a> = (Vec<(&'a str, &'a str)>, String, u16, Option<i64>);
-
-/// Initializes by hand; returns the session id.
-async fn raw_session(app: &TestApp, id: &str) -> String {
-    let resp = post(app, id, None, &init_body(1)).await;
-    assert_eq!(resp.status(), 200);
-    let sid = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("session id")
-        .to_owned();
-    assert!(sid.len() >= 32 && sid.bytes().all(|b| (0x21..=0x7e).contains(&b)));
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["result"]["protocolVersion"], "2025-11-25");
-    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    assert_eq!(post(app, id, Some(&sid), &note).await.status(), 202);
-    sid
-}
-
-#[tokio::test]
-async fn protocol_errors_have_the_spec_status_codes() {
-    let app = TestApp::spawn().await;
-    let d = app.create_fixture(json!({})).await;
-    let id = d["id"].as_str().expect("id").to_owned();
-    let sid = raw_session(&app, &id).await;
-    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-
-    // Unknown deployment: 404 with a JSON-RPC body.
-    let resp = post(&app, "dp_nope", None, &init_body(1)).await;
-    assert_eq!(resp.status(), 404);
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["jsonrpc"], "2.0");
-    assert!(body["error"]["message"].is_string());
-
-    // Missing session: 400; unknown session: 404.
-    assert_eq!(post(&app, &id, None, &list).await.status(), 400);
-    assert_eq!(post(&app, &id, Some("nope"), &list).await.status(), 404);
-    // JSON answer with the session.
-    let resp = post(&app, &id, Some(&sid), &list).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-accel-buffering"], "no");
-    let body: Value = resp.json().await.expect("json");
-    assert!(body["result"]["tools"].is_array());
-
-    // Wrong shapes and headers: (headers, body, expected status, expected JSON-RPC code).
-    let bad_shape = json!({"jsonrpc": "2.0", "id": null, "method": "tools/list"}).to_string();
-    let json_ct = ("content-type", "application/json");
-    let accept = ("accept", ACCEPT_BOTH);
-    let session = ("mcp-session-id", sid.as_str());
-    let cases: Vec<BadPost> = vec![
-        (vec![accept, json_ct, session], bad_shape, 400, Some(-32600)),
-        (
-            vec![accept, json_ct, session],
-            "{not json".into(),
-            400,
-            Some(-32700),
-        ),
-        (
-            vec![("accept", "text/html"), json_ct, session],
-            list.to_string(),
-            406,
-            None,
-        ),
-        (
-            vec![accept, ("content-type", "text/plain"), session],
-            list.to_string(),
-            415,
-            None,
-        ),
-        (
-            vec![
-                accept,
-                json_ct,
-                session,
-                ("mcp-protocol-version", "1999-01-01"),
-            ],
-            list.to_string(),
-            400,
-            None,
-        ),
-        (
-            vec![accept, json_ct, ("origin", "https://evil.example")],
-            init_body(1).to_string(),
-            403,
-            None,
-        ),
-    ];
-    for (headers, body, status, rpc_code) in cases {
-        let mut req = app.http.post(mcp_url(&app, &id)).body(body.clone());
-        for (k, v) in &headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("post");
-        assert_eq!(resp.status(), status, "{headers:?} {body}");
-        let answer: Value = resp.json().await.expect("JSON-RPC error body");
-        assert_eq!(answer["jsonrpc"], "2.0");
-        if let Some(c) = rpc_code {
-            assert_eq!(answer["error"]["code"], c, "{answer}");
-        }
-    }
-    let huge = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": "x".repeat(5 * 1024 * 1024)}}});
-    assert_eq!(post(&app, &id, Some(&sid), &huge).await.status(), 413);
-
-    // A second GET stream in the session is a conflict.
-    let get = || {
-        app.http
-            .get(mcp_url(&app, &id))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", &sid)
-            .send()
-    };
-    let first = get().await.expect("get");
-    assert_eq!(first.status(), 200);
-    assert_eq!(first.headers()["content-type"], "text/event-stream");
-    assert_eq!(get().await.expect("get").status(), 409);
-    drop(first);
-
-    // DELETE ends the session: 404 afterwards.
-    let resp = app
-        .http
-        .delete(mcp_url(&app, &id))
-        .header("mcp-session-id", &sid)
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(resp.status(), 200);
-    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 404);
-
-    // Deleting the deployment ends its sessions.
-    let sid = raw_session(&app, &id).await;
-    assert_eq!(app.delete(&id).await.0, 200);
-    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 404);
-    app.teardown().await;
-}
-
 #[tokio::test]
 async fn a_crash_mid_call_fails_fast_and_the_next_initialize_restarts_the_server() {
     let app = TestApp::spawn().await;
@@ -449,7 +290,7 @@ async fn a_crash_mid_call_fails_fast_and_the_next_initialize_restarts_the_server
                 .send()
                 .await
                 .ok()?;
-            let (status, body) = crate::support::json_of(resp).await;
+            let (status, body) = mcp_test_support::json_of(resp).await;
             (status == 200 && body["exited"] == true).then_some(body)
         },
     )
@@ -544,13 +385,13 @@ async fn a_quick_lone_answer_is_json_and_anything_before_it_streams() {
     let app = TestApp::spawn().await;
     let d = app.create_fixture(json!({})).await;
     let id = d["id"].as_str().expect("id").to_owned();
-    let sid = raw_session(&app, &id).await;
+    let sid = raw::session(&app, &id).await;
     let call = |n: i64, name: &str, args: Value| {
         json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
                "params": {"name": name, "arguments": args}})
     };
 
-    let resp = post(
+    let resp = raw::post(
         &app,
         &id,
         Some(&sid),
@@ -565,7 +406,7 @@ async fn a_quick_lone_answer_is_json_and_anything_before_it_streams() {
     // Progress comes before the response: a stream, then both in order.
     let mut slow = call(3, "slow", json!({"steps": 2, "delay_ms": 10}));
     slow["params"]["_meta"] = json!({"progressToken": "p"});
-    let resp = post(&app, &id, Some(&sid), &slow).await;
+    let resp = raw::post(&app, &id, Some(&sid), &slow).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let events = read_events(resp, |d| d.contains("\"result\"")).await;
     assert!(
@@ -586,11 +427,11 @@ async fn a_dropped_stream_is_replayed_from_last_event_id() {
     let app = TestApp::spawn().await;
     let d = app.create_fixture(json!({})).await;
     let id = d["id"].as_str().expect("id").to_owned();
-    let sid = raw_session(&app, &id).await;
+    let sid = raw::session(&app, &id).await;
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
         "name": "slow", "arguments": {"steps": 6, "delay_ms": 200},
         "_meta": {"progressToken": "tok"}}});
-    let resp = post(&app, &id, Some(&sid), &call).await;
+    let resp = raw::post(&app, &id, Some(&sid), &call).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     // Read the first progress event, then drop the connection.
     let first = read_events(resp, |_| true).await;
@@ -632,7 +473,7 @@ async fn whoami(c: &Client) -> Value {
 /// Containers of the sessions of deployment `id`.
 fn session_containers(id: &str) -> Vec<String> {
     let filter = format!("label=mcp-runner.deployment={id}");
-    crate::support::docker::docker(&[
+    mcp_test_support::docker::docker(&[
         "ps",
         "-aq",
         "--filter",
@@ -698,7 +539,7 @@ async fn isolated_mode_gives_each_session_its_own_container() {
                 &format!("/api/deployment/{id}/logs?tail=50"),
             );
             async move {
-                let (status, body) = crate::support::json_of(req.send().await.ok()?).await;
+                let (status, body) = mcp_test_support::json_of(req.send().await.ok()?).await;
                 (status == 200).then(|| body["stderr"].as_str().unwrap_or_default().to_owned())
             }
         };
@@ -763,27 +604,24 @@ async fn isolated_mode_gives_each_session_its_own_container() {
 
 #[tokio::test]
 async fn idle_sessions_expire() {
-    let app = TestApp::spawn_with(crate::support::Options {
+    let app = TestApp::spawn_with(mcp_test_support::Options {
         args: vec!["--session-idle-seconds".into(), "1".into()],
         ..Default::default()
     })
     .await;
     let d = app.create_fixture(json!({})).await;
     let id = d["id"].as_str().expect("id").to_owned();
-    let sid = raw_session(&app, &id).await;
+    let sid = raw::session(&app, &id).await;
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    assert_eq!(post(&app, &id, Some(&sid), &list).await.status(), 200);
+    assert_eq!(raw::post(&app, &id, Some(&sid), &list).await.status(), 200);
     // Each look is itself traffic, so look less often than the idle limit: the session
     // must expire in a gap between two looks.
-    let mut expired = false;
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-        if post(&app, &id, Some(&sid), &list).await.status() == 404 {
-            expired = true;
-            break;
-        }
-    }
-    assert!(expired, "the idle session expired");
+    let look = Duration::from_millis(1600);
+    mcp_test_support::poll::eventually_every("the idle session to expire", look * 8, look, || {
+        let (app, id, sid, list) = (&app, &id, &sid, &list);
+        async move { (raw::post(app, id, Some(sid), list).await.status() == 404).then_some(()) }
+    })
+    .await;
     app.teardown().await;
 }
 
@@ -797,7 +635,7 @@ async fn the_clients_authorization_reaches_http_upstreams() {
             let mut req = app
                 .http
                 .post(mcp_url(&app, &id))
-                .header("accept", ACCEPT_BOTH)
+                .header("accept", raw::ACCEPT_BOTH)
                 .header("authorization", "Bearer secret-token")
                 .json(&body);
             if let Some(s) = sid {
@@ -805,7 +643,7 @@ async fn the_clients_authorization_reaches_http_upstreams() {
             }
             req.send()
         };
-        let resp = send(init_body(1), None).await.expect("initialize");
+        let resp = send(raw::init_body(1), None).await.expect("initialize");
         assert_eq!(resp.status(), 200, "{name}");
         let sid = resp
             .headers()
@@ -833,14 +671,14 @@ async fn the_clients_authorization_reaches_http_upstreams() {
 
 #[tokio::test]
 async fn open_streams_do_not_hold_up_a_graceful_shutdown() {
-    let app = TestApp::spawn_with(crate::support::Options {
+    let app = TestApp::spawn_with(mcp_test_support::Options {
         args: vec!["--cleanup-on-shutdown".into()],
         ..Default::default()
     })
     .await;
     let d = app.create_fixture(json!({})).await;
     let id = d["id"].as_str().expect("id").to_owned();
-    let sid = raw_session(&app, &id).await;
+    let sid = raw::session(&app, &id).await;
     let get = app
         .http
         .get(mcp_url(&app, &id))
@@ -855,5 +693,5 @@ async fn open_streams_do_not_hold_up_a_graceful_shutdown() {
         .await
         .expect("shutdown finished although streams were open");
     drop((get, legacy));
-    crate::support::assert_nothing_left(&instance, &db).await;
+    mcp_test_support::assert_nothing_left(&instance, &db).await;
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{docker, inspect, network_owner};
-use crate::support::mcp::Client;
-use crate::support::{Options, TestApp, eventually};
+use mcp_test_support::docker::{docker, inspect, network_owner};
+use mcp_test_support::mcp::Client;
+use mcp_test_support::{Options, TestApp, eventually};
 
 /// The pool every test server uses (the default `NETWORK_POOL`).
 const POOL: &str = "10.240.0.0/16";
@@ -253,12 +253,18 @@ fn table_rules(table: &str, chain: &str) -> Vec<String> {
 
 /// Packets dropped so far by the DROP rule of [`POOL`].
 fn dropped_packets() -> u64 {
-    iptables(&["-L", mcp_runner::firewall::CHAIN, "-v", "-x", "-n"])
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.len() > 7 && w[2] == "DROP" && w[7] == POOL)
-        .and_then(|w| w[0].parse().ok())
-        .expect("the DROP rule of the pool is listed")
+    iptables(&[
+        "-L",
+        mcp_runner::runtime::docker::firewall::CHAIN,
+        "-v",
+        "-x",
+        "-n",
+    ])
+    .lines()
+    .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    .find(|w| w.len() > 7 && w[2] == "DROP" && w[7] == POOL)
+    .and_then(|w| w[0].parse().ok())
+    .expect("the DROP rule of the pool is listed")
 }
 
 /// Asserts that the rules for [`POOL`] are in place, each exactly once and in its place.
@@ -267,7 +273,7 @@ fn assert_firewall_in_place() {
     let jump = "-A INPUT -j MCP-RUNNER-INPUT";
     assert_eq!(input.first().map(String::as_str), Some(jump), "{input:?}");
     assert_eq!(input.iter().filter(|r| *r == jump).count(), 1, "{input:?}");
-    let chain = chain_rules(mcp_runner::firewall::CHAIN);
+    let chain = chain_rules(mcp_runner::runtime::docker::firewall::CHAIN);
     let head = [
         "-A MCP-RUNNER-INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         "-A MCP-RUNNER-INPUT -i lo -j RETURN",
@@ -299,7 +305,10 @@ fn assert_firewall_in_place() {
         1,
         "{forward:?}"
     );
-    let chain = table_rules("mangle", mcp_runner::firewall::FORWARD_CHAIN);
+    let chain = table_rules(
+        "mangle",
+        mcp_runner::runtime::docker::firewall::FORWARD_CHAIN,
+    );
     let drop = format!("-A MCP-RUNNER-FORWARD -s {POOL} -d {POOL} -j DROP");
     assert_eq!(
         chain.iter().filter(|r| **r == drop).count(),
@@ -653,7 +662,7 @@ async fn a_deployment_cannot_reach_the_host_even_on_every_address() {
     // covers, does reach mcp-runner at the same addresses: the failures above are the
     // firewall's doing, not the probe's.
     assert!(
-        !chain_rules(mcp_runner::firewall::CHAIN)
+        !chain_rules(mcp_runner::runtime::docker::firewall::CHAIN)
             .iter()
             .any(|r| r.contains(UNGUARDED_POOL)),
         "no rule covers {UNGUARDED_POOL}"
@@ -714,7 +723,7 @@ async fn a_deployment_runs_as_its_own_user_without_capabilities() {
 
 #[tokio::test]
 async fn the_firewall_rules_are_kept_once_and_in_place() {
-    use mcp_runner::firewall::{CHAIN, FORWARD_CHAIN, install};
+    use mcp_runner::runtime::docker::firewall::{CHAIN, FORWARD_CHAIN, install};
     // Start-up of a server installs them.
     let app = TestApp::spawn().await;
     assert_firewall_in_place();
@@ -727,7 +736,8 @@ async fn the_firewall_rules_are_kept_once_and_in_place() {
     // Duplicates and a misplaced rule are repaired. Each of these only adds a rule that is
     // already there, so the host is never less protected meanwhile.
     // Edited under the lock every server takes for its own edits (they delete by position).
-    let lock = std::fs::File::create(mcp_runner::firewall::LOCK_FILE).expect("lock file");
+    let lock =
+        std::fs::File::create(mcp_runner::runtime::docker::firewall::LOCK_FILE).expect("lock file");
     lock.lock().expect("firewall lock");
     iptables(&["-A", "INPUT", "-j", CHAIN]);
     iptables(&["-A", CHAIN, "-s", POOL, "-j", "DROP"]);

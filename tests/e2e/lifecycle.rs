@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::docker::{exists, inspect, network_owner, passwd_entry};
-use crate::support::{Options, TestApp, eventually, fixture_image};
+use mcp_test_support::docker::{exists, inspect, network_owner, passwd_entry};
+use mcp_test_support::fixture::test_image;
+use mcp_test_support::{Options, TestApp, eventually};
 
 fn s(v: &Value) -> &str {
     v.as_str()
@@ -49,7 +50,7 @@ async fn create_runs_a_hardened_sandbox_and_delete_removes_everything() {
     let id = s(&d["id"]).to_owned();
     assert!(id.starts_with("dp_") && id.len() == 27, "{id}");
     assert_eq!(d["status"], "running");
-    assert_eq!(d["image"], fixture_image().await);
+    assert_eq!(d["image"], test_image().await);
     assert_eq!(d["max_memory"], 128);
     assert_eq!(d["max_cpus"], 0.5);
     assert_eq!(d["metadata"], json!({"owner": "team-a", "n": [1, 2]}));
@@ -190,7 +191,7 @@ async fn auto_start_false_creates_a_stopped_container() {
 async fn a_create_that_fails_part_way_leaves_nothing_behind() {
     // An image that is neither local nor pullable (no registry is reachable here).
     let app = TestApp::spawn().await;
-    fixture_image().await;
+    test_image().await;
     let (status, body) = app
         .create(&json!({"image": "mcp-runner-test/absent:never", "transport": {"type": "stdio"}}))
         .await;
@@ -212,7 +213,7 @@ async fn a_create_that_fails_part_way_leaves_nothing_behind() {
     })
     .await;
     let (status, body) = app
-        .create(&json!({"image": fixture_image().await, "transport": {"type": "stdio"}}))
+        .create(&json!({"image": test_image().await, "transport": {"type": "stdio"}}))
         .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["statusCode"], 502);
@@ -227,7 +228,7 @@ async fn a_create_that_fails_part_way_leaves_nothing_behind() {
 #[tokio::test]
 async fn concurrent_creates_get_distinct_uids_and_users() {
     let app = TestApp::spawn().await;
-    fixture_image().await;
+    test_image().await;
     let creates = (0..6).map(|_| app.create_fixture(json!({"autoStart": false})));
     let made = futures_util::future::join_all(creates).await;
     let mut uids: Vec<u64> = made
@@ -248,7 +249,7 @@ async fn concurrent_creates_get_distinct_uids_and_users() {
 async fn more_deployments_than_dockers_default_address_pools_hold() {
     // Docker's default pools give about 30 bridge networks; the peer's 31st create failed.
     let app = TestApp::spawn().await;
-    fixture_image().await;
+    test_image().await;
     let mut made = Vec::new();
     for _ in 0..5 {
         let batch = (0..8).map(|_| app.create_fixture(json!({"autoStart": false})));
@@ -272,7 +273,7 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
     // A pool of two /28s, one of them taken by a network mcp-runner did not make.
     let held = "10.250.17.0/28";
     let foreign = format!("foreign-{}", &mcp_runner::deployments::new_id()[3..15]);
-    crate::support::docker::docker(&["network", "create", "--subnet", held, &foreign]);
+    mcp_test_support::docker::docker(&["network", "create", "--subnet", held, &foreign]);
     let app = TestApp::spawn_with(Options {
         // No firewall rule for this throwaway pool: rules outlive the server.
         args: vec![
@@ -284,7 +285,7 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
         ..Options::default()
     })
     .await;
-    fixture_image().await;
+    test_image().await;
 
     let d = app.create_fixture(json!({"autoStart": false})).await;
     let n = inspect("network", s(&d["network_id"]));
@@ -292,7 +293,7 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
 
     // Nothing is left free: a clear 503 naming the pool, and nothing half made.
     let (status, body) = app
-        .create(&json!({"image": fixture_image().await, "transport": {"type": "stdio"}}))
+        .create(&json!({"image": test_image().await, "transport": {"type": "stdio"}}))
         .await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -306,12 +307,12 @@ async fn a_subnet_held_by_another_docker_network_is_skipped() {
 
     assert_eq!(app.delete(s(&d["id"])).await.0, 200);
     app.teardown().await;
-    crate::support::docker::docker(&["network", "rm", &foreign]);
+    mcp_test_support::docker::docker(&["network", "rm", &foreign]);
 }
 
 /// The networks of `instance` made ahead of their deployments, with full ids.
 fn made_ahead(instance: &str) -> Vec<String> {
-    crate::support::docker::made_ahead_networks_of(instance)
+    mcp_test_support::docker::made_ahead_networks_of(instance)
         .iter()
         .map(|n| s(&inspect("network", n)["Id"]).to_owned())
         .collect()
@@ -324,17 +325,17 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
         ..Options::default()
     })
     .await;
-    fixture_image().await;
+    test_image().await;
     let instance = app.instance.clone();
     let (spare_networks, spare_users) =
         eventually("two spares made", Duration::from_secs(60), || {
             let n = made_ahead(&instance);
-            let users = crate::support::docker::users_of(&instance);
+            let users = mcp_test_support::docker::users_of(&instance);
             async move { (n.len() == 2 && users.len() == 2).then_some((n, users)) }
         })
         .await;
     // Each spare's user is named after the id its network carries.
-    let mut paired: Vec<String> = crate::support::docker::made_ahead_deployments_of(&instance)
+    let mut paired: Vec<String> = mcp_test_support::docker::made_ahead_deployments_of(&instance)
         .iter()
         .map(|id| format!("mcp-{}", &id[3..]))
         .collect();
@@ -379,7 +380,7 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
             .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id.as_str())),
         "the container is on the network made ahead"
     );
-    let client = crate::support::mcp::Client::streamable(&app.mcp_url(&id), "spare").await;
+    let client = mcp_test_support::mcp::Client::streamable(&app.mcp_url(&id), "spare").await;
     assert_eq!(
         client.call("add", json!({"a": 2, "b": 3})).await.as_deref(),
         Ok("5")
@@ -388,7 +389,7 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
     // Another is made in its place, and the metrics count the ready ones.
     eventually("the pool refilled", Duration::from_secs(60), || {
         let n = made_ahead(&instance).len();
-        let users = crate::support::docker::users_of(&instance).len();
+        let users = mcp_test_support::docker::users_of(&instance).len();
         async move { (n == 3 && users == 3).then_some(()) }
     })
     .await;
@@ -415,7 +416,7 @@ async fn creates_take_networks_made_ahead_and_the_pool_refills() {
 
     // Deleting the deployment removes its network; stopping mcp-runner removes the spares.
     assert_eq!(app.delete(&id).await.0, 200);
-    assert!(!crate::support::docker::exists("network", &network_id));
+    assert!(!mcp_test_support::docker::exists("network", &network_id));
     app.teardown().await;
 }
 
@@ -463,7 +464,7 @@ fn ghost_network(instance: &str, ghost: &str, made_ahead: bool) -> String {
         args.extend(["--label", "mcp-runner.made-ahead=true"]);
     }
     args.push(&name);
-    crate::support::docker::docker(&args).trim().to_owned()
+    mcp_test_support::docker::docker(&args).trim().to_owned()
 }
 
 #[tokio::test]
@@ -490,24 +491,24 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     let stray = ghost_network(&instance, &mcp_runner::deployments::new_id(), true);
     let report = app.sweep().await;
     assert_eq!(
-        (report.orphan_networks, report.spare_networks),
+        (report.orphan_places, report.spare_places),
         (1, 1),
         "{report:?}"
     );
-    assert!(!crate::support::docker::exists("network", &orphan));
-    assert!(!crate::support::docker::exists("network", &stray));
+    assert!(!mcp_test_support::docker::exists("network", &orphan));
+    assert!(!mcp_test_support::docker::exists("network", &stray));
     // What the server uses stays: the deployment and its network, and its own spare.
-    assert!(crate::support::docker::exists(
+    assert!(mcp_test_support::docker::exists(
         "network",
         s(&d["network_id"])
     ));
-    assert!(crate::support::docker::exists(
+    assert!(mcp_test_support::docker::exists(
         "container",
         s(&d["container_id"])
     ));
     for n in spares_before {
         assert!(
-            crate::support::docker::exists("network", &n),
+            mcp_test_support::docker::exists("network", &n),
             "{n} was removed"
         );
     }
@@ -519,8 +520,8 @@ async fn what_appears_without_a_row_is_swept_while_serving_and_at_stop() {
     // One more appears; stopping sweeps it too, and the deployment survives the stop.
     let late = ghost_network(&instance, &mcp_runner::deployments::new_id(), true);
     let (instance, db_path, dir) = app.stop().await;
-    assert!(!crate::support::docker::exists("network", &late));
-    assert!(crate::support::docker::exists(
+    assert!(!mcp_test_support::docker::exists("network", &late));
+    assert!(mcp_test_support::docker::exists(
         "network",
         s(&d["network_id"])
     ));
@@ -544,7 +545,7 @@ async fn deployment_in_a_holder(app: &TestApp) -> (Value, Value, Value) {
         Duration::from_secs(30),
         || async {
             let filter = format!("label=mcp-runner.instance={}", app.instance);
-            let holders = crate::support::docker::docker(&[
+            let holders = mcp_test_support::docker::docker(&[
                 "ps",
                 "-q",
                 "--filter",
@@ -574,7 +575,7 @@ async fn deployment_in_a_holder(app: &TestApp) -> (Value, Value, Value) {
             .is_some_and(|n| n.values().any(|v| v["NetworkID"] == network_id)),
         "the holder is on the deployment's network"
     );
-    let client = crate::support::mcp::Client::streamable(&app.mcp_url(id), "first").await;
+    let client = mcp_test_support::mcp::Client::streamable(&app.mcp_url(id), "first").await;
     assert_eq!(
         client.call("add", json!({"a": 1, "b": 2})).await.as_deref(),
         Ok("3")
@@ -592,7 +593,7 @@ async fn paused(app: &TestApp, id: &str, holder: &str) -> Value {
         let (status, body) = app.get(id).await;
         (status == 200
             && body["deployment"]["status"] == "stopped"
-            && !crate::support::docker::running(holder))
+            && !mcp_test_support::docker::running(holder))
         .then(|| body["deployment"].clone())
     })
     .await
@@ -600,7 +601,7 @@ async fn paused(app: &TestApp, id: &str, holder: &str) -> Value {
 
 /// Calls a tool on `id`, which starts it.
 async fn call_starts(app: &TestApp, id: &str) {
-    let client = crate::support::mcp::Client::streamable(&app.mcp_url(id), "again").await;
+    let client = mcp_test_support::mcp::Client::streamable(&app.mcp_url(id), "again").await;
     assert_eq!(
         client.call("add", json!({"a": 2, "b": 2})).await.as_deref(),
         Ok("4")
@@ -641,7 +642,7 @@ async fn a_pause_moves_a_container_that_wrote_nothing_off_its_network_holder() {
     );
     assert_eq!(app.delete(id).await.0, 200);
     let (instance, db, _dir) = app.stop().await;
-    crate::support::assert_nothing_left(&instance, &db).await;
+    mcp_test_support::assert_nothing_left(&instance, &db).await;
 }
 
 /// The first container has files of its own: the pause keeps it and stops its holder with
@@ -654,7 +655,7 @@ async fn a_pause_keeps_a_container_with_files_and_stops_its_network_holder() {
     let marker = std::env::temp_dir().join(format!("holder-marker-{id}"));
     std::fs::write(&marker, "kept").expect("write the marker");
     let into = format!("{}:/marker", s(&first["Id"]));
-    crate::support::docker::docker(&["cp", marker.to_str().expect("utf-8 path"), &into]);
+    mcp_test_support::docker::docker(&["cp", marker.to_str().expect("utf-8 path"), &into]);
     std::fs::remove_file(&marker).expect("remove the marker");
 
     let after = paused(&app, id, s(&holder["Id"])).await;
@@ -677,9 +678,9 @@ async fn a_pause_keeps_a_container_with_files_and_stops_its_network_holder() {
         inspect("container", s(&first["Id"]))["State"]["Running"],
         true
     );
-    let diff = crate::support::docker::docker(&["diff", s(&first["Id"])]);
+    let diff = mcp_test_support::docker::docker(&["diff", s(&first["Id"])]);
     assert!(diff.lines().any(|l| l == "A /marker"), "{diff}");
     assert_eq!(app.delete(id).await.0, 200);
     let (instance, db, _dir) = app.stop().await;
-    crate::support::assert_nothing_left(&instance, &db).await;
+    mcp_test_support::assert_nothing_left(&instance, &db).await;
 }

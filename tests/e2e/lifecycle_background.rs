@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use serde_json::json;
 
-use crate::support::docker::{docker, exists, inspect, passwd_entry};
-use crate::support::mcp::Client;
-use crate::support::{Options, TestApp, assert_nothing_left, eventually, fixture_image};
+use mcp_test_support::docker::{docker, exists, inspect, passwd_entry};
+use mcp_test_support::fixture::test_image;
+use mcp_test_support::mcp::Client;
+use mcp_test_support::{Options, TestApp, assert_nothing_left, eventually};
 
 #[tokio::test]
 async fn reaper_pauses_then_deletes_at_the_deadlines() {
@@ -72,7 +73,7 @@ async fn reaper_pauses_then_deletes_at_the_deadlines() {
 
 #[tokio::test]
 async fn restart_reconciliation_removes_orphans_and_keeps_deployments() {
-    let image = fixture_image().await;
+    let image = test_image().await;
     let app = TestApp::spawn().await;
     let kept = app.create_fixture(json!({})).await;
     let stopped = app.create_fixture(json!({"autoStart": false})).await;

@@ -1,21 +1,23 @@
 //! Docker going away: unreachable at start-up and during requests (a DOCKER_HOST socket path
-//! that appears and disappears), and a restart of dockerd under running deployments.
+//! that appears and disappears). The restart of dockerd under running deployments is in
+//! `dockerd.rs`; it shares the checks of answers without Docker defined here.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::dockerd::Outage;
-use crate::runner::{
-    self, Runner, Settings, bounded, deployment_networks, deployment_users, echo, initialize,
-    labelled, rows, summary,
-};
-use crate::support::mcp::Client;
-use crate::support::{eventually, fixture_image};
+use mcp_test_support::docker::labelled;
+use mcp_test_support::eventually;
+use mcp_test_support::fixture::test_image;
+use mcp_test_support::leftovers::{deployment_networks, deployment_users, rows};
+use mcp_test_support::mcp::Client;
+use mcp_test_support::server::child::ChildServer;
+
+use crate::scenario::{self, bounded, echo, initialize, settings, start, summary, until_ready};
 
 /// Longest an answer may take while Docker is away.
-const BOUND: Duration = Duration::from_secs(15);
+pub(crate) const BOUND: Duration = Duration::from_secs(15);
 
 /// The socket of the real daemon.
 fn docker_socket() -> PathBuf {
@@ -40,7 +42,7 @@ fn is_socket(p: &Path) -> bool {
 }
 
 /// Asserts a readiness answer of 503 whose `docker` check is not `ok`; returns that check.
-fn docker_not_ready(status: u16, body: &Value) -> String {
+pub(crate) fn docker_not_ready(status: u16, body: &Value) -> String {
     assert_eq!(status, 503, "readyz while Docker is away: {body}");
     assert_eq!(body["status"], "unavailable", "{body}");
     let docker = body["checks"]["docker"].as_str().unwrap_or("").to_owned();
@@ -62,7 +64,7 @@ fn unavailable(status: u16, body: &Value, what: &str) {
 }
 
 /// Asserts a JSON-RPC error answer with a 5xx status.
-fn rpc_failure(status: u16, body: &Value, what: &str) {
+pub(crate) fn rpc_failure(status: u16, body: &Value, what: &str) {
     assert!((500..600).contains(&status), "{what}: {status} {body}");
     assert_eq!(body["jsonrpc"], "2.0", "{what}: {body}");
     assert!(
@@ -73,21 +75,21 @@ fn rpc_failure(status: u16, body: &Value, what: &str) {
     );
 }
 
-async fn create(app: &Runner, body: &Value) -> (u16, Value) {
+async fn create(app: &ChildServer, body: &Value) -> (u16, Value) {
     bounded("a create", BOUND, app.create(body)).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_unreachable_at_start_up_and_during_requests() {
-    let _turn = runner::one_at_a_time().await;
+    let _turn = scenario::one_at_a_time().await;
     let started = Instant::now();
-    let image = fixture_image().await;
+    let image = test_image().await;
     let body = json!({"image": image, "transport": {"type": "stdio"}});
     let sockdir = tempfile::tempdir().expect("temp dir");
     let link = sockdir.path().join("docker.sock");
-    let mut settings = Settings::new("unreach", 2);
+    let mut settings = settings("unreach", 2);
     settings.docker_host = Some(format!("unix://{}", link.display()));
-    let mut app = Runner::start(settings).await;
+    let mut app = start(settings).await;
 
     // No socket yet: alive, not ready, creates refused with a clear 503.
     assert_eq!(app.healthz().await, 200);
@@ -100,7 +102,7 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
     // The socket appears: mcp-runner connects by itself.
     let target = docker_socket();
     std::os::unix::fs::symlink(&target, &link).expect("link the Docker socket");
-    let connected_in = app.wait_ready().await;
+    let connected_in = until_ready(&app).await;
     let running = app.create_fixture(json!({})).await;
     let stopped = app.create_fixture(json!({"autoStart": false})).await;
     let running_id = running["id"].as_str().expect("id").to_owned();
@@ -146,7 +148,7 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
     // Docker back: nothing the refused create began may be left over (its host user, its
     // row), once the retries that wait for Docker have run.
     std::os::unix::fs::symlink(&target, &link).expect("link the Docker socket again");
-    app.wait_ready().await;
+    until_ready(&app).await;
     let cleaned = Instant::now();
     eventually(
         "the leftovers of the create refused without Docker to be removed",
@@ -174,86 +176,6 @@ async fn docker_unreachable_at_start_up_and_during_requests() {
         connected_in.as_secs_f64(),
         took.as_millis(),
         cleaned_in.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dockerd_restart_under_running_deployments() {
-    let _turn = runner::one_at_a_time().await;
-    let started = Instant::now();
-    fixture_image().await;
-    let app = Runner::start(Settings::new("dockerd", 1)).await;
-    app.wait_ready().await;
-    let ids: Vec<String> = [
-        app.create_fixture(json!({})).await,
-        app.create_fixture(json!({})).await,
-    ]
-    .iter()
-    .map(|d| d["id"].as_str().expect("id").to_owned())
-    .collect();
-    let session = Client::streamable(&app.mcp_url(&ids[0]), "before").await;
-    assert_eq!(
-        session
-            .call("echo", json!({"text": "before"}))
-            .await
-            .as_deref(),
-        Ok("before")
-    );
-    assert_eq!(echo(&app, &ids[1], "before").await.as_deref(), Ok("before"));
-
-    let stopping = Instant::now();
-    let outage = tokio::task::spawn_blocking(Outage::begin)
-        .await
-        .expect("stop dockerd");
-    let stopped_in = stopping.elapsed();
-
-    let (status, ready) = bounded("readyz", BOUND, app.readyz()).await.0;
-    let why = docker_not_ready(status, &ready);
-    // The open session's server is gone with its container; a new session needs Docker.
-    let (call, call_took) = bounded(
-        "tools/call on an open session",
-        BOUND,
-        session.call("echo", json!({"text": "during"})),
-    )
-    .await;
-    assert!(call.is_err(), "a tools/call during the outage: {call:?}");
-    let ((status, rpc), init_took) =
-        bounded("an MCP initialize", BOUND, initialize(&app, &ids[1])).await;
-    rpc_failure(status, &rpc, "initialize during the outage");
-    session.close().await;
-
-    let starting = Instant::now();
-    tokio::task::spawn_blocking(move || outage.end())
-        .await
-        .expect("start dockerd");
-    let docker_back = starting.elapsed();
-    let ready_in = app.wait_ready().await;
-
-    // Both deployments answer again: their containers are started on demand.
-    for id in &ids {
-        assert_eq!(echo(&app, id, "after").await.as_deref(), Ok("after"));
-    }
-    let mut listed: Vec<String> = app
-        .list()
-        .await
-        .iter()
-        .map(|d| d["id"].as_str().expect("id").to_owned())
-        .collect();
-    listed.sort();
-    let mut expected = ids.clone();
-    expected.sort();
-    assert_eq!(listed, expected);
-    app.teardown().await;
-    summary(&format!(
-        "faults/dockerd-restart: dockerd stopped in {:.1} s; during the outage readyz 503 ({why}), \
-         tools/call error in {} ms, initialize {status} in {} ms; dockerd answered {:.1} s after \
-         start, mcp-runner ready {:.1} s later; both deployments answered again; total {:.1} s",
-        stopped_in.as_secs_f64(),
-        call_took.as_millis(),
-        init_took.as_millis(),
-        docker_back.as_secs_f64(),
-        ready_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
 }

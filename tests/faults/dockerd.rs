@@ -1,9 +1,12 @@
-//! Stopping and starting the host's Docker daemon. Under systemd through `systemctl`;
-//! otherwise the background dockerd that `setup.sh` started (pidfile
-//! `/var/run/dockerd-mcp-runner.pid`) is sent SIGTERM and started again with the command line,
-//! environment and working directory it had, its output appended to setup.sh's log.
+//! A restart of the host's Docker daemon under running deployments, and the stopping and
+//! starting of dockerd it needs ([`Outage`]). Under systemd through `systemctl`; otherwise the
+//! background dockerd that `setup.sh` started (pidfile `/var/run/dockerd-mcp-runner.pid`) is
+//! sent SIGTERM and started again with the command line, environment and working directory
+//! it had, its output appended to setup.sh's log.
 //!
-//! Stopping dockerd stops every container on the host, those of other test runs too.
+//! Stopping dockerd stops every container on the host, those of other test runs too: the
+//! scenario is ignored unless asked for (`cargo test --test faults -- --ignored`), as CI does
+//! on its own machine.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -12,11 +15,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mcp_test_support::mcp::Client;
+use mcp_test_support::poll;
+use serde_json::json;
+
+use crate::docker_outage::{BOUND, docker_not_ready, rpc_failure};
+use crate::scenario::{self, bounded, echo, initialize, summary, until_ready};
+
 const PIDFILE: &str = "/var/run/dockerd-mcp-runner.pid";
 const LOG: &str = "/var/log/mcp-runner-dockerd.log";
 
 /// How long dockerd may take to stop (it stops every container) or to answer again.
 const PATIENCE: Duration = Duration::from_secs(90);
+/// How often to look whether dockerd has stopped, started or answers.
+const LOOK: Duration = Duration::from_millis(100);
 
 /// How dockerd was started, to start it the same way again.
 struct Launch {
@@ -69,20 +81,6 @@ fn answers() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// Polls `done` every 100 ms until it holds; false after `limit`.
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -142,7 +140,7 @@ impl Outage {
             ended: false,
         };
         run("kill", &["-TERM", &pid.to_string()]).unwrap_or_else(|e| panic!("{e}"));
-        if !poll(PATIENCE, || !alive(pid)) {
+        if !poll::blocking(PATIENCE, LOOK, || !alive(pid)) {
             // Dropping `outage` starts it again if it did stop after all.
             panic!("dockerd (pid {pid}) did not exit within {PATIENCE:?} of SIGTERM");
         }
@@ -166,7 +164,7 @@ impl Outage {
             Some(launch) if pidfile_dockerd().is_none() => start(launch)?,
             Some(_) => {}
         }
-        if poll(PATIENCE, answers) {
+        if poll::blocking(PATIENCE, LOOK, answers) {
             Ok(())
         } else {
             Err(format!(
@@ -197,7 +195,7 @@ fn start(launch: &Launch) -> Result<(), String> {
     // setsid(1) execs in place (the child is no group leader), so this is dockerd's pid;
     // dockerd writes it to its --pidfile itself, and this covers a command line without one.
     let pid = child.id();
-    if !poll(PATIENCE, || pidfile_dockerd().is_some() || answers()) {
+    if !poll::blocking(PATIENCE, LOOK, || pidfile_dockerd().is_some() || answers()) {
         return Err(format!("dockerd did not start; see {LOG}"));
     }
     if pidfile_dockerd().is_none() {
@@ -214,4 +212,78 @@ impl Drop for Outage {
             eprintln!("{e}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts dockerd, which stops every container on the host; run it on a test machine: cargo test --test faults -- --ignored"]
+async fn dockerd_restart_under_running_deployments() {
+    let _turn = scenario::one_at_a_time().await;
+    let started = Instant::now();
+    let app = scenario::ready_server("dockerd", 1).await;
+    let ids: Vec<String> = [
+        app.create_fixture(json!({})).await,
+        app.create_fixture(json!({})).await,
+    ]
+    .iter()
+    .map(|d| d["id"].as_str().expect("id").to_owned())
+    .collect();
+    let session = Client::streamable(&app.mcp_url(&ids[0]), "before").await;
+    assert_eq!(
+        session
+            .call("echo", json!({"text": "before"}))
+            .await
+            .as_deref(),
+        Ok("before")
+    );
+    assert_eq!(echo(&app, &ids[1], "before").await.as_deref(), Ok("before"));
+
+    let stopping = Instant::now();
+    let outage = tokio::task::spawn_blocking(Outage::begin)
+        .await
+        .expect("stop dockerd");
+    let stopped_in = stopping.elapsed();
+
+    let (status, ready) = bounded("readyz", BOUND, app.readyz()).await.0;
+    let why = docker_not_ready(status, &ready);
+    // The open session's server is gone with its container; a new session needs Docker.
+    let (call, call_took) = bounded(
+        "tools/call on an open session",
+        BOUND,
+        session.call("echo", json!({"text": "during"})),
+    )
+    .await;
+    assert!(call.is_err(), "a tools/call during the outage: {call:?}");
+    let ((status, rpc), init_took) =
+        bounded("an MCP initialize", BOUND, initialize(&app, &ids[1])).await;
+    rpc_failure(status, &rpc, "initialize during the outage");
+    session.close().await;
+
+    let starting = Instant::now();
+    tokio::task::spawn_blocking(move || outage.end())
+        .await
+        .expect("start dockerd");
+    let docker_back = starting.elapsed();
+    let ready_in = until_ready(&app).await;
+
+    // Both deployments answer again: their containers are started on demand.
+    for id in &ids {
+        assert_eq!(echo(&app, id, "after").await.as_deref(), Ok("after"));
+    }
+    let mut listed = app.list_ids().await;
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    app.teardown().await;
+    summary(&format!(
+        "faults/dockerd-restart: dockerd stopped in {:.1} s; during the outage readyz 503 ({why}), \
+         tools/call error in {} ms, initialize {status} in {} ms; dockerd answered {:.1} s after \
+         start, mcp-runner ready {:.1} s later; both deployments answered again; total {:.1} s",
+        stopped_in.as_secs_f64(),
+        call_took.as_millis(),
+        init_took.as_millis(),
+        docker_back.as_secs_f64(),
+        ready_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
 }

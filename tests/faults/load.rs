@@ -7,11 +7,13 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::runner::{
-    self, Runner, Settings, Usage, deployment_networks, deployment_users, subnets, summary,
-    workload_containers_of,
-};
-use crate::support::{fixture_image, row_count};
+use mcp_test_support::docker::{subnets, workload_containers_of};
+use mcp_test_support::leftovers::{deployment_networks, deployment_users};
+use mcp_test_support::poll;
+use mcp_test_support::row_count;
+use mcp_test_support::server::child::{ChildServer, Usage};
+
+use crate::scenario::{self, summary};
 
 /// Cycles before the first measurement (pools, caches and thread pools fill up).
 const WARM_UP: usize = 10;
@@ -27,7 +29,7 @@ const THREADS_SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
 const MAX_MORE_RSS_KIB: u64 = 16 * 1024;
 
 /// Creates a running fixture deployment and deletes it again, `n` times, `LANES` at once.
-async fn cycles(app: &Runner, n: usize) {
+async fn cycles(app: &ChildServer, n: usize) {
     futures_util::stream::iter(0..n)
         .for_each_concurrent(LANES, |_| async {
             let d = app.create_fixture(json!({"autoStart": true})).await;
@@ -50,11 +52,9 @@ fn usage_line(u: Usage) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_delete_cycles_leak_nothing() {
-    let _turn = runner::one_at_a_time().await;
+    let _turn = scenario::one_at_a_time().await;
     let started = Instant::now();
-    fixture_image().await;
-    let app = Runner::start(Settings::new("cycles", 3)).await;
-    app.wait_ready().await;
+    let app = scenario::ready_server("cycles", 3).await;
 
     cycles(&app, WARM_UP).await;
     let before = app.usage();
@@ -63,14 +63,13 @@ async fn create_delete_cycles_leak_nothing() {
     let took = measuring.elapsed();
     // Threads of tokio's blocking pool (DNS, files, the database) outlive a burst by up to
     // 10 s of idleness before they exit: a leak is what is still there after that.
-    let settle = Instant::now() + THREADS_SETTLE;
-    let after = loop {
-        let u = app.usage();
-        if u.threads <= before.threads + MAX_MORE_THREADS || Instant::now() >= settle {
-            break u;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
+    let after = poll::settle(
+        THREADS_SETTLE,
+        std::time::Duration::from_millis(250),
+        || std::future::ready(app.usage()),
+        |u| u.threads <= before.threads + MAX_MORE_THREADS,
+    )
+    .await;
 
     assert!(
         after.fds <= before.fds + MAX_MORE_FDS,
@@ -108,7 +107,7 @@ async fn create_delete_cycles_leak_nothing() {
 
 /// Asserts that the running server has no deployment left and nothing of one: no row,
 /// container, network (its spares aside) or host user.
-async fn assert_only_spares_left(app: &Runner) {
+async fn assert_only_spares_left(app: &ChildServer) {
     assert!(app.list().await.is_empty());
     assert_eq!(row_count(&app.db_path).await, 0);
     assert!(workload_containers_of(&app.instance).is_empty());
@@ -136,11 +135,9 @@ fn distinct(made: &[Value], key: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
-    let _turn = runner::one_at_a_time().await;
+    let _turn = scenario::one_at_a_time().await;
     let started = Instant::now();
-    fixture_image().await;
-    let app = Runner::start(Settings::new("burst", 4)).await;
-    app.wait_ready().await;
+    let app = scenario::ready_server("burst", 4).await;
 
     let creating = Instant::now();
     let made: Vec<Value> =
@@ -160,12 +157,7 @@ async fn fifty_concurrent_creates_then_fifty_concurrent_deletes() {
         .iter()
         .map(|d| d["id"].as_str().expect("id").to_owned())
         .collect();
-    let listed: HashSet<String> = app
-        .list()
-        .await
-        .iter()
-        .map(|d| d["id"].as_str().expect("id").to_owned())
-        .collect();
+    let listed: HashSet<String> = app.list_ids().await.into_iter().collect();
     assert_eq!(
         listed, ids,
         "the list holds exactly the {CONCURRENT} created"

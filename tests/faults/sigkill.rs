@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::runner::{
-    self, Runner, Settings, deployment_networks, deployment_users, echo, labelled, rows, summary,
-};
-use crate::support::docker::passwd_entry;
-use crate::support::{Api, eventually, fixture_image, json_of};
+use mcp_test_support::docker::{labelled, passwd_entry};
+use mcp_test_support::fixture::test_image;
+use mcp_test_support::leftovers::{deployment_networks, deployment_users, rows};
+use mcp_test_support::{Api, eventually, json_of};
+
+use crate::scenario::{self, echo, summary, until_ready};
 
 /// Deployments made before the fault, all of which are then deleted.
 const PRE: usize = 20;
@@ -73,12 +74,11 @@ async fn read(resp: reqwest::Response) -> Result<(u16, Value), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
-    let _turn = runner::one_at_a_time().await;
+    let _turn = scenario::one_at_a_time().await;
     let started = Instant::now();
-    let image = fixture_image().await;
+    let image = test_image().await;
     let body = json!({"image": image, "transport": {"type": "stdio"}});
-    let mut app = Runner::start(Settings::new("kill", 0)).await;
-    app.wait_ready().await;
+    let mut app = scenario::ready_server("kill", 0).await;
 
     let pre: Vec<String> = futures_util::future::join_all((0..PRE).map(|_| async {
         let resp = app
@@ -158,8 +158,8 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
 
     // Restart on the same database and instance; ready means reconciled.
     let sweeps_before = app.log_lines("start-up sweep done").len();
-    app.restart().await;
-    let ready_after = app.wait_ready().await;
+    app.restart().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let ready_after = until_ready(&app).await;
     // Docker and useradd may finish what the killed run asked after reconciliation looked;
     // the sweep that follows start-up removes it.
     eventually("the sweep after start-up", Duration::from_secs(60), || {
@@ -209,12 +209,7 @@ async fn sigkill_with_creates_and_deletes_in_flight_loses_nothing() {
         );
     }
     // The API shows exactly the rows.
-    let listed: HashSet<String> = app
-        .list()
-        .await
-        .iter()
-        .map(|d| d["id"].as_str().expect("id").to_owned())
-        .collect();
+    let listed: HashSet<String> = app.list_ids().await.into_iter().collect();
     assert_eq!(
         listed,
         row_ids

@@ -1,6 +1,9 @@
-//! Readings from `/proc`: CPU ticks of processes and threads, memory of a process.
+//! Readings from `/proc`: CPU ticks of processes and threads, memory, threads and open
+//! descriptors of a process.
 
 use std::process::Command;
+
+use anyhow::{Context, anyhow};
 
 /// Seconds per clock tick (`getconf CLK_TCK`; 100 Hz when it cannot be asked).
 pub fn tick_seconds() -> f64 {
@@ -37,18 +40,34 @@ pub fn ticks(path: &str) -> u64 {
     stat_ticks(path).0
 }
 
+/// The number in field `name` (e.g. `VmRSS:`) of `/proc/<pid>/status`.
+pub fn status_field(pid: u32, name: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+}
+
 /// Resident memory of process `pid`: (VmRSS, VmHWM) in bytes.
 pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| anyhow::anyhow!("read /proc/{pid}/status: {e}"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    Ok((
+        status_field(pid, "VmRSS:")? * 1024,
+        status_field(pid, "VmHWM:")? * 1024,
+    ))
+}
+
+/// Threads of process `pid`.
+pub fn threads(pid: u32) -> anyhow::Result<usize> {
+    Ok(status_field(pid, "Threads:")? as usize)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn fds(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("read /proc/{pid}/fd"))?
+        .count())
 }
