@@ -24,6 +24,10 @@ async fn a_reference_docker_refuses_is_a_400_naming_the_image() {
         "NaN".to_owned(),
         // A tag longer than Docker's 128.
         format!("x:{}", "t".repeat(200)),
+        // Empty path elements, which Docker's router redirects instead of answering (found
+        // by the API fuzzer: it was a 502).
+        "p/".to_owned(),
+        "a//b".to_owned(),
     ] {
         let (status, answer) = app.create(&stdio(json!({"image": image}))).await;
         assert_error_body(status, &answer, 400);

@@ -18,10 +18,18 @@ impl Client {
             Ok(_) => Ok(true),
             Err(e) if classify(&e) == FailureKind::NotFound => Ok(false),
             // Not a reference Docker can parse (e.g. upper case): the image field is wrong.
+            // A 301 is the same: an empty or dot path element (`name/`, `a//b`, `a/../b`)
+            // that Docker's router redirects to a cleaned path instead of answering.
             Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 400,
+                status_code: status @ (301 | 400),
                 message,
-            }) => Err(pull_error(image, message, Some(400))),
+            }) => {
+                let reason = match status {
+                    301 => format!("Docker does not take this reference ({status} {message})"),
+                    _ => message,
+                };
+                Err(pull_error(image, reason, Some(400)))
+            }
             Err(e) => Err(docker_err("inspect the image")(e)),
         }
     }
