@@ -11,10 +11,10 @@ pub(super) fn answer_mcp(line: &str) -> Option<Value> {
     let result = match message.get("method").and_then(Value::as_str) {
         // The revision asked for when the fake speaks it, else its newest, as a server should.
         Some("initialize") => json!({
-            "protocolVersion": match params["protocolVersion"].as_str() {
-                Some(v @ ("2024-11-05" | "2025-03-26" | "2025-06-18")) => v,
-                _ => "2025-11-25",
-            },
+            "protocolVersion": params["protocolVersion"]
+                .as_str()
+                .filter(|v| matches!(*v, "2024-11-05" | "2025-03-26" | "2025-06-18"))
+                .unwrap_or("2025-11-25"),
             "capabilities": {"tools": {}},
             "serverInfo": {"name": "fake", "version": "1"}
         }),
