@@ -175,13 +175,19 @@ impl Deployments {
         let starts_now = start && d.session_mode == SessionMode::Shared;
         let place = if ahead { place_of(d) } else { None };
         let spec = spec_of(d, None);
-        let created = backend.create(&spec, place.as_ref(), starts_now).await?;
+        let mut created = backend.create(&spec, place.as_ref(), starts_now).await?;
         if starts_now && !d.transport.is_stdio() {
             // On failure the create is undone by names: the row does not hold the ids yet.
-            backend
+            let started = backend
                 .start(&spec, &created.sandbox, &created.place, false)
                 .await?
                 .ok_or(DeployError::NotFound)?;
+            // A replacement (the backend could not start the sandbox as made) needs no
+            // record yet: the row is `creating`, and nothing else acts on it.
+            if let Some(r) = &started.replacement {
+                backend.commit(r).await?;
+            }
+            created.sandbox = started.sandbox;
         }
         Ok(created)
     }

@@ -172,7 +172,11 @@ impl Deployments {
         let backend = &self.inner.backend;
         match self.inner.store.set_container(&d.id, &r.new).await {
             Ok(true) => {
-                backend.commit(&r).await?;
+                // The row names the new sandbox now: what the commit could not remove is
+                // left to the deletion (by name) and the sweep, not an error of this start.
+                if let Err(e) = backend.commit(&r).await {
+                    tracing::warn!(deployment.id = %d.id, error = %e, "cannot remove what the replaced sandbox left; the deletion or the sweep removes it");
+                }
                 Ok(r.new)
             }
             recorded => {

@@ -409,6 +409,35 @@ async fn a_replacement_is_recorded_before_the_old_sandbox_goes() {
     assert_eq!(row.status, Status::Stopped);
 }
 
+/// A backend that replaces the sandbox when it starts it: at the create (the row is not
+/// written yet) and at a later start (recorded before the old one goes), the row names the
+/// sandbox that runs, and nothing of the old one is left.
+#[tokio::test]
+async fn a_sandbox_replaced_at_its_start_is_the_one_the_row_names() {
+    let h = Harness::new().await;
+    h.fake.replace_on_start(true);
+    let d = h.deployments.create(http(true)).await.expect("created");
+    let first = d.container_id.clone().expect("sandbox");
+    let sandboxes = h.fake.sandboxes();
+    assert_eq!(sandboxes.len(), 1, "the replaced one went: {sandboxes:?}");
+    assert!(sandboxes[&first].running);
+    assert_eq!(
+        h.row(&d.id).await.expect("row").container_id.as_deref(),
+        Some(first.as_str())
+    );
+    h.deployments.pause(&d.id).await.expect("paused");
+    let started = h.deployments.start(&d.id).await.expect("started");
+    let second = started.container_id.expect("sandbox");
+    assert_ne!(second, first);
+    let sandboxes = h.fake.sandboxes();
+    assert_eq!(sandboxes.len(), 1);
+    assert!(sandboxes[&second].running);
+    assert_eq!(
+        h.row(&d.id).await.expect("row").container_id.as_deref(),
+        Some(second.as_str())
+    );
+}
+
 /// A replacement that cannot be recorded (the row is being deleted) is undone: the new
 /// sandbox goes, and the deletion removes the old one.
 #[tokio::test]
@@ -422,19 +451,28 @@ async fn a_replacement_of_a_deployment_being_deleted_is_undone() {
         async move { h.deployments.delete(&id).await }
     });
     held.reached.await.expect("the delete reached the backend");
-    // The row is `deleting` now; a pause finds it not running and does nothing, so drive
-    // the replacement directly as a start-time replacement would.
+    // The row is `deleting` now: a replacement the backend made meanwhile (as a start or a
+    // pause would have) cannot be recorded.
     let old = d.container_id.clone().expect("sandbox");
-    let replacement = crate::runtime::Replacement {
-        deployment_id: d.id.clone(),
-        old: old.clone(),
-        new: "sbx-new".into(),
-    };
+    let spec = spec::spec_of(&d, None);
+    let place = spec::place_of(&d).expect("place");
+    let backend: &dyn SandboxBackend = h.fake.as_ref();
+    let replacement = backend
+        .pause(&spec, &old, &place)
+        .await
+        .expect("paused")
+        .expect("a replacement");
+    let new = replacement.new.clone();
+    assert!(h.fake.sandboxes().contains_key(&new));
     let settled = h
         .deployments
         .settle(&d, old.clone(), Some(replacement))
         .await;
     assert!(matches!(settled, Err(DeployError::NotFound)), "{settled:?}");
+    assert!(!h.fake.sandboxes().contains_key(&new), "the new one went");
+    assert!(h.fake.sandboxes().contains_key(&old), "the old one stays");
+    let calls: Vec<Op> = h.fake.calls().into_iter().map(|(op, _)| op).collect();
+    assert!(calls.contains(&Op::Abort) && !calls.contains(&Op::Commit));
     assert_eq!(
         h.row(&d.id).await.expect("row").container_id.as_deref(),
         Some(old.as_str()),
@@ -485,24 +523,22 @@ async fn creates_take_places_made_ahead_and_the_pool_refills() {
     let d = h.deployments.create(stdio()).await.expect("created");
     assert_eq!(d.id, ahead_id, "the create took the place's id");
     assert_eq!(d.network_id.as_deref(), Some(ahead_network.as_str()));
-    assert_eq!(
-        h.fake
-            .calls()
-            .iter()
-            .filter(|(op, _)| *op == Op::Provision)
-            .count()
-            .min(1),
-        1
+    assert!(
+        h.fake.places().values().all(|p| p.ahead),
+        "the create made no place of its own"
     );
     h.until("the pool refilled", async || {
         h.deployments.ahead_ready() == 1
     })
     .await;
-    assert_ne!(
-        h.fake.places().len(),
-        1,
-        "a new place besides the taken one"
-    );
+    let provisions = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|(op, _)| *op == Op::Provision)
+        .count();
+    assert_eq!(provisions, 2);
+    assert_eq!(h.fake.places().len(), 2, "the taken place and a new one");
     // Stopping removes what no create took.
     h.stop.cancel();
     h.until("the spare is removed", async || h.fake.places().len() == 1)

@@ -12,7 +12,8 @@
 //!   instance id (Docker: the labels `managed-by=mcp-runner`, `mcp-runner.instance` and
 //!   `mcp-runner.deployment`; host accounts: their comment field), so that
 //!   [`SandboxBackend::list_owned`] finds it without names and never lists what another
-//!   instance made. Objects are found by these marks, never by name alone.
+//!   instance made. Names stand in for ids only where an id was never learned (a create
+//!   that failed part-way).
 //! - **Idempotent removal.** [`teardown`](SandboxBackend::teardown),
 //!   [`remove_sandbox`](SandboxBackend::remove_sandbox),
 //!   [`remove_owned`](SandboxBackend::remove_owned) and
@@ -32,8 +33,9 @@
 //!   [`commit`](SandboxBackend::commit), or calls [`abort`](SandboxBackend::abort) to put
 //!   the old one back.
 //! - **Concurrency.** Calls for different deployments may run at once. For one deployment,
-//!   `deployments` runs starts and pauses one at a time and never starts a sandbox of a
-//!   deployment it is deleting.
+//!   `deployments` runs starts and pauses one at a time; a start that races the deployment's
+//!   deletion loses (the teardown removes what it started), so teardown must stop and
+//!   remove a sandbox whatever state it is in.
 //! - **No hot path.** Nothing here is called per MCP message: the bridge asks for an
 //!   [`address`](SandboxBackend::address) only when a session opens on a deployment that is
 //!   not known to run.

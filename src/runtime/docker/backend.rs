@@ -15,7 +15,7 @@ use crate::runtime::{
 
 use super::container::grace_secs;
 use super::subnet::{SubnetBook, SubnetPool};
-use super::{Client, HostUsers};
+use super::{Client, ContainerState, DockerError, HostUsers};
 
 /// Sandboxes as containers under gVisor on one Docker host, each deployment on a bridge
 /// network of its own with a host account of its own.
@@ -26,6 +26,10 @@ pub struct DockerBackend {
     /// The running network holders of places provisioned ahead, by deployment id, until a
     /// create takes (or removes) them.
     holders: Mutex<HashMap<String, String>>,
+    /// Containers made by `create` to be started right after (a create that starts, a
+    /// session's), with the holder whose namespace they join: their first start needs no
+    /// inspect of them.
+    fresh: Mutex<HashMap<String, Option<String>>>,
     /// Places to keep provisioned ahead.
     ahead: usize,
 }
@@ -39,6 +43,7 @@ impl DockerBackend {
             users,
             subnets: SubnetBook::new(pool),
             holders: Mutex::default(),
+            fresh: Mutex::default(),
             ahead,
         }
     }
@@ -50,6 +55,38 @@ impl DockerBackend {
 
     pub(super) fn holders_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.holders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a container just made, joining `holder`'s namespace when given.
+    pub(super) fn made(&self, container: &str, holder: Option<String>) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.insert(container.to_owned(), holder);
+    }
+
+    /// Forgets a container that goes without its first start.
+    pub(super) fn forget(&self, container: &str) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.remove(container);
+    }
+
+    /// The state of a container for its start: a container made here and never started is
+    /// known without asking Docker.
+    async fn state_for_start(
+        &self,
+        container: &str,
+    ) -> Result<Option<ContainerState>, DockerError> {
+        let fresh = self
+            .fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(container);
+        match fresh {
+            Some(joins_namespace_of) => Ok(Some(ContainerState {
+                joins_namespace_of,
+                ..ContainerState::default()
+            })),
+            None => self.client.container_state(container).await,
+        }
     }
 }
 
@@ -105,7 +142,7 @@ impl SandboxBackend for DockerBackend {
         place: &Place,
         attach: bool,
     ) -> Result<Option<Started>, RuntimeError> {
-        let Some(state) = self.client.container_state(sandbox).await? else {
+        let Some(state) = self.state_for_start(sandbox).await? else {
             return Ok(None);
         };
         if state.running {
@@ -168,6 +205,7 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn remove_sandbox(&self, sandbox: &str) -> Result<(), RuntimeError> {
+        self.forget(sandbox);
         self.client.stop_container(sandbox, grace_secs()).await?;
         Ok(self.client.remove_container(sandbox).await?)
     }

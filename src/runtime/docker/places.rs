@@ -153,7 +153,14 @@ impl DockerBackend {
                     None => self.make_network(id, false).await,
                 }
             };
-            let (image, network) = tokio::join!(self.client.ensure_image(&spec.image), network);
+            // A session's container uses the image its deployment's create made sure of.
+            let image = async {
+                match spec.session {
+                    Some(_) => Ok(()),
+                    None => self.client.ensure_image(&spec.image).await,
+                }
+            };
+            let (image, network) = tokio::join!(image, network);
             image?;
             let network = network?;
             let mode = holder.as_deref().map(holder_network_mode);
@@ -164,6 +171,9 @@ impl DockerBackend {
                     mode.unwrap_or_else(|| network.clone()),
                 ))
                 .await?;
+            if starts_soon || spec.session.is_some() {
+                self.made(&container, holder.clone());
+            }
             Ok::<_, DockerError>((container, network))
         };
         let user = async {
@@ -188,6 +198,9 @@ impl DockerBackend {
     pub(super) async fn remove_all(&self, t: &Teardown) -> Result<(), DockerError> {
         let id = &t.identity.deployment_id;
         self.holders_lock().remove(id);
+        if let Some(sandbox) = &t.sandbox {
+            self.forget(sandbox);
+        }
         let docker = async {
             if t.sessions {
                 for c in self.client.list_containers().await? {

@@ -118,7 +118,7 @@ impl SandboxBackend for FakeBackend {
 
     async fn start(
         &self,
-        _spec: &SandboxSpec,
+        spec: &SandboxSpec,
         sandbox: &str,
         _place: &Place,
         attach: bool,
@@ -135,14 +135,33 @@ impl SandboxBackend for FakeBackend {
                 replacement: None,
             }));
         }
-        s.running = true;
-        s.starts += 1;
-        w.running.remove(sandbox);
-        let attached = self.start_streams(&mut w, sandbox, attach);
+        // A backend that cannot start the sandbox as made starts an equivalent one instead
+        // (Docker, when a network holder is gone); the old one waits for the commit.
+        let copy = s.clone();
+        let replace = w.replace_on_start && !copy.running;
+        let (target, replacement) = if replace {
+            let new = w.new_id("sbx");
+            w.sandboxes
+                .insert(new.clone(), FakeSandbox { starts: 0, ..copy });
+            let r = Replacement {
+                deployment_id: spec.deployment_id.clone(),
+                old: sandbox.to_owned(),
+                new: new.clone(),
+            };
+            (new, Some(r))
+        } else {
+            (sandbox.to_owned(), None)
+        };
+        if let Some(s) = w.sandboxes.get_mut(&target) {
+            s.running = true;
+            s.starts += 1;
+        }
+        w.running.remove(&target);
+        let attached = self.start_streams(&mut w, &target, attach);
         Ok(Some(Started {
-            sandbox: sandbox.to_owned(),
+            sandbox: target,
             attached,
-            replacement: None,
+            replacement,
         }))
     }
 
@@ -189,7 +208,9 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn abort(&self, replacement: &Replacement) {
-        self.world().sandboxes.remove(&replacement.new);
+        let mut w = self.world();
+        w.calls.push((Op::Abort, replacement.deployment_id.clone()));
+        w.sandboxes.remove(&replacement.new);
     }
 
     async fn remove_sandbox(&self, sandbox: &str) -> Result<(), RuntimeError> {

@@ -37,6 +37,8 @@ pub enum Op {
     Pause,
     /// [`SandboxBackend::commit`].
     Commit,
+    /// [`SandboxBackend::abort`] (recorded; it cannot fail).
+    Abort,
     /// [`SandboxBackend::remove_sandbox`].
     RemoveSandbox,
     /// [`SandboxBackend::teardown`].
@@ -104,6 +106,7 @@ struct World {
     taken_ids: HashSet<u32>,
     calls: Vec<(Op, String)>,
     replace_on_pause: bool,
+    replace_on_start: bool,
     mcp: bool,
     ahead: usize,
     requests: u64,
@@ -198,6 +201,12 @@ impl FakeBackend {
     /// holder).
     pub fn replace_on_pause(&self, on: bool) {
         self.world().replace_on_pause = on;
+    }
+
+    /// Starts of a stopped sandbox replace it by an equivalent one (as Docker does when a
+    /// network holder is gone).
+    pub fn replace_on_start(&self, on: bool) {
+        self.world().replace_on_start = on;
     }
 
     /// Places to keep provisioned ahead (the backend's [`Capacity::ahead`]).
